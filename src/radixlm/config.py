@@ -53,7 +53,9 @@ class RopeScaling:
                 factor=float(d["factor"]),
                 low_freq_factor=float(d.get("low_freq_factor", 1.0)),
                 high_freq_factor=float(d.get("high_freq_factor", 4.0)),
-                original_max_position_embeddings=int(d.get("original_max_position_embeddings", 8192)),
+                original_max_position_embeddings=int(
+                    d.get("original_max_position_embeddings", 8192)
+                ),
             )
         raise ValueError(f"unsupported rope_scaling type {kind!r} (supported: linear, llama3)")
 

@@ -15,7 +15,7 @@ from radixlm.config import ModelConfig
 
 
 class DenseKVCache:
-    """K/V of one sequence: per layer `[capacity, num_kv_heads, head_dim]`; filled up to `length`."""
+    """K/V of one sequence: per layer `[capacity, num_kv_heads, head_dim]`, filled to `length`."""
 
     def __init__(
         self, config: ModelConfig, capacity: int, dtype: torch.dtype, device: torch.device

@@ -51,7 +51,9 @@ def resolve_model_path(spec: str) -> Path:
     if path.is_file():
         raise ModelNotFoundError(f"{path} is neither a model directory nor a .gguf file")
     known = ", ".join(EMBEDDED_MODELS)
-    raise ModelNotFoundError(f"no model at {spec!r} (a directory, a .gguf file, or one of: {known})")
+    raise ModelNotFoundError(
+        f"no model at {spec!r} (a directory, a .gguf file, or one of: {known})"
+    )
 
 
 def read_model_config(path: Path) -> ModelConfig:
@@ -101,11 +103,12 @@ def load_model(load: LoadConfig, progress: bool = True) -> LoadedModel:
     model = model.eval().requires_grad_(False)
     # Buffers were left uninitialised on the meta device, and `.to(dtype)` cast
     # them: recompute the rotary frequencies, which stay float32.
-    model.inv_freq = rope_inv_freq(config.head_dim, config.rope_theta, config.rope_scaling).to(device)
+    model.inv_freq = rope_inv_freq(config.head_dim, config.rope_theta, config.rope_scaling).to(
+        device
+    )
     log.info(
         "loaded %s (%s) in %.1fs: %.1f MiB of weights, %s on %s",
         path.name, config.architecture, time.perf_counter() - start,
         model.memory_bytes() / 2**20, str(dtype).removeprefix("torch."), device,
     )  # fmt: skip
     return LoadedModel(model=model, config=config, path=path, dtype=dtype, device=device)
-

@@ -1,0 +1,126 @@
+"""Prefill and decode speed of radixlm's model vs transformers on the same weights.
+
+Both load the same file (by default the embedded SmolLM2-135M-Instruct GGUF,
+dequantized to the chosen dtype) and run in this one process, alternately:
+
+    .venv/bin/python benchmarks/bench_model.py [--model PATH] [--dtype float32] \
+        [--prefill-tokens 512] [--decode-tokens 64] [--repeats 3]
+
+Prints a markdown table of prefill tokens/s (one forward over the prompt) and
+batch-1 decode tokens/s (one token per step through each side's KV cache),
+and the radixlm / transformers ratio. Best of `--repeats` runs for each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+
+import torch
+
+from radixlm.attention.dense import DenseContext, DenseKVCache
+from radixlm.config import LoadConfig
+from radixlm.loader import load_model
+
+
+def load_transformers(path, dtype):
+    from transformers import AutoModelForCausalLM
+
+    if path.suffix == ".gguf":
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    return model.eval()
+
+
+def best_of(repeats: int, fn) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def radixlm_runs(loaded, prompt: torch.Tensor, decode_tokens: int):
+    model, cfg = loaded.model, loaded.config
+    n = len(prompt)
+
+    def prefill() -> None:
+        cache = DenseKVCache(cfg, n, loaded.dtype, loaded.device)
+        model(prompt, torch.arange(n), DenseContext([cache], [n]), torch.tensor([n - 1]))
+
+    def decode() -> None:
+        cache = DenseKVCache(cfg, 1 + decode_tokens, loaded.dtype, loaded.device)
+        token = prompt[:1]
+        for step in range(decode_tokens):
+            ctx = DenseContext([cache], [1])
+            logits = model(token, torch.tensor([step]), ctx)
+            ctx.commit()
+            token = logits.argmax(-1)
+
+    return prefill, decode
+
+
+def transformers_runs(model, prompt: torch.Tensor, decode_tokens: int):
+    from transformers import DynamicCache
+
+    ids = prompt.unsqueeze(0)
+
+    @torch.inference_mode()
+    def prefill() -> None:
+        model(ids, use_cache=True, logits_to_keep=1)
+
+    @torch.inference_mode()
+    def decode() -> None:
+        cache = DynamicCache()
+        token = ids[:, :1]
+        for _ in range(decode_tokens):
+            out = model(token, past_key_values=cache, use_cache=True)
+            cache = out.past_key_values
+            token = out.logits[:, -1].argmax(-1, keepdim=True)
+
+    return prefill, decode
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument("--prefill-tokens", type=int, default=512)
+    ap.add_argument("--decode-tokens", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+
+    loaded = load_model(
+        LoadConfig(model=args.model, dtype=args.dtype, device="cpu"), progress=False
+    )
+    ref = load_transformers(loaded.path, loaded.dtype)
+    torch.manual_seed(0)
+    prompt = torch.randint(0, loaded.config.vocab_size, (args.prefill_tokens,))
+
+    ours = radixlm_runs(loaded, prompt, args.decode_tokens)
+    theirs = transformers_runs(ref, prompt, args.decode_tokens)
+    for fn in (*ours, *theirs):  # warm-up
+        fn()
+    results = {}
+    for name, (prefill, decode) in (("radixlm", ours), ("transformers", theirs)):
+        results[name] = (
+            args.prefill_tokens / best_of(args.repeats, prefill),
+            args.decode_tokens / best_of(args.repeats, decode),
+        )
+    print(
+        f"model {loaded.path.name}, {args.dtype}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}\n"
+    )
+    print(f"| system | prefill tok/s ({args.prefill_tokens} tokens) | decode tok/s (batch 1) |")
+    print("|---|---:|---:|")
+    for name, (p, d) in results.items():
+        print(f"| {name} | {p:,.0f} | {d:,.1f} |")
+    (rp, rd), (tp, td) = results["radixlm"], results["transformers"]
+    print(f"| ratio radixlm/transformers | {rp / tp:.2f}x | {rd / td:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+"""The interface shared by the radix cache and the disabled (no-reuse) cache.
+
+How a caller (the scheduler) uses a prefix cache for one request, with `p` =
+`page_size`, `key` the request's token ids and `slots` its KV slot indices:
+
+1. `m = cache.match_prefix(key)`; `cache.inc_lock_ref(m.last_node)`. The
+   request's slot list starts with `m.slot_indices` (its first `m.prefix_len`
+   tokens); those slots belong to the cache and stay valid while the lock is held.
+2. Allocate slots for the remaining tokens from the pool and run the model.
+3. When done: `n = cache.insert(key, slots)`, where `slots` covers every token
+   of `key`. The cache now owns `slots[n:aligned]` (`aligned` =
+   `cache.page_aligned_len(len(key))`). The caller still owns, and must free,
+   `slots[m.prefix_len:n]` (duplicates of K/V another request cached
+   meanwhile) and `slots[aligned:]` (the partial last page, not cached).
+   Then `cache.dec_lock_ref(m.last_node)`.
+
+The same steps are correct for `ChunkCache` (reuse disabled), whose
+`match_prefix` matches nothing and whose `insert` frees `slots[:aligned]`
+straight back to the pool and returns 0.
+"""
+
+from __future__ import annotations
+
+import itertools
+from abc import ABC, abstractmethod
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+# Anything that holds token ids: list[int], tuple[int, ...], a 1-D numpy array or tensor.
+TokenKey = Sequence[int] | np.ndarray | torch.Tensor
+# Slots held by live requests outside the tree: a count, one tensor, or one tensor per request.
+HeldSlots = int | torch.Tensor | Sequence[torch.Tensor]
+
+_node_ids = itertools.count()
+
+
+class IntegrityError(AssertionError):
+    """The cache, the pool and the requests disagree about who holds which slots."""
+
+
+class TreeNode:
+    """One edge of the radix tree and the node below it.
+
+    `key` ([n] int64 numpy) are the token ids of the edge, `value` ([n] int64
+    tensor) their KV slot indices. `lock_ref` counts the locks taken on this
+    node or on any node below it; a node with lock_ref > 0 is protected from
+    eviction. `last_access` is the cache's logical clock at the last match or
+    insert that passed through the node.
+    """
+
+    __slots__ = ("children", "extra_key", "id", "key", "last_access", "lock_ref", "parent", "value")
+
+    def __init__(
+        self,
+        parent: TreeNode | None,
+        key: np.ndarray,
+        value: torch.Tensor,
+        extra_key: Hashable | None = None,
+        last_access: int = 0,
+    ) -> None:
+        self.id = next(_node_ids)
+        self.parent = parent
+        self.children: dict[tuple[Hashable | None, bytes], TreeNode] = {}
+        self.key = key
+        self.value = value
+        self.extra_key = extra_key
+        self.lock_ref = 0
+        self.last_access = last_access
+
+    def __len__(self) -> int:
+        return len(self.key)
+
+    def __repr__(self) -> str:
+        return f"TreeNode(id={self.id}, len={len(self.key)}, lock_ref={self.lock_ref})"
+
+
+@dataclass(frozen=True)
+class MatchResult:
+    """The longest cached prefix of a key.
+
+    `slot_indices` ([prefix_len] int64, on the pool device) hold the K/V of the
+    key's first `prefix_len` tokens. They are valid only while `last_node`
+    is locked (`inc_lock_ref`): an unlocked node may be evicted and its slots
+    reused by the next allocation.
+    """
+
+    slot_indices: torch.Tensor
+    last_node: TreeNode
+
+    @property
+    def prefix_len(self) -> int:
+        return int(self.slot_indices.numel())
+
+
+def key_array(key: TokenKey, copy: bool = False) -> np.ndarray:
+    """Token ids as a 1-D int64 numpy array (a private copy when `copy`)."""
+    if isinstance(key, torch.Tensor):
+        arr = key.detach().reshape(-1).cpu().numpy()
+    elif isinstance(key, np.ndarray):
+        arr = key.reshape(-1)
+    else:
+        return np.fromiter(key, dtype=np.int64, count=len(key))
+    if arr.dtype != np.int64:
+        return arr.astype(np.int64)
+    return arr.copy() if copy else arr
+
+
+class PrefixCache(ABC):
+    """Maps token sequences to the KV slots that hold them; see the module docstring."""
+
+    page_size: int
+
+    def page_aligned_len(self, n: int) -> int:
+        """The longest page-aligned length <= n: how much of a key the cache can hold."""
+        return n - n % self.page_size
+
+    @abstractmethod
+    def match_prefix(
+        self, key: TokenKey, extra_key: Hashable | None = None, *, record: bool = True
+    ) -> MatchResult:
+        """The longest cached, page-aligned prefix of `key` in namespace `extra_key`."""
+
+    @abstractmethod
+    def insert(
+        self, key: TokenKey, slot_indices: torch.Tensor, extra_key: Hashable | None = None
+    ) -> int:
+        """Cache `key` with its slots; return how many leading tokens were cached already."""
+
+    @abstractmethod
+    def inc_lock_ref(self, node: TreeNode) -> int:
+        """Protect `node` and its ancestors from eviction; return tokens newly protected."""
+
+    @abstractmethod
+    def dec_lock_ref(self, node: TreeNode) -> int:
+        """Undo one `inc_lock_ref(node)`; return tokens that became evictable."""
+
+    @abstractmethod
+    def evict(self, num_tokens: int) -> int:
+        """Free at least `num_tokens` unlocked tokens if possible; return how many were freed."""
+
+    @abstractmethod
+    def reset(self) -> None:
+        """Drop every cached sequence, returning its slots to the pool."""
+
+    @abstractmethod
+    def check_integrity(self, held_by_requests: HeldSlots = 0) -> None:
+        """Raise `IntegrityError` unless the cache, the pool and the requests add up."""
+
+    @property
+    @abstractmethod
+    def evictable_size(self) -> int:
+        """Cached tokens that eviction may free now."""
+
+    @property
+    @abstractmethod
+    def protected_size(self) -> int:
+        """Cached tokens on locked paths."""
+
+    @property
+    def total_size(self) -> int:
+        """All cached tokens."""
+        return self.evictable_size + self.protected_size
+
+    tokens_queried: int = 0
+    tokens_hit: int = 0
+
+    @property
+    def hit_rate(self) -> float:
+        """tokens_hit / tokens_queried over recorded matches (0.0 before any)."""
+        return self.tokens_hit / self.tokens_queried if self.tokens_queried else 0.0

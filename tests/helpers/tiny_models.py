@@ -50,8 +50,14 @@ def hf_config(variant: str):
 
 
 def write_tiny_model(path: Path, variant: str, seed: int = 0) -> Path:
-    """Save a randomly initialised tiny model of `variant` under `path`; return the directory."""
+    """Save a randomly initialised tiny model of `variant` under `path`; return the directory.
+
+    The directory also holds a real byte-level BPE tokenizer with a ChatML template
+    (see `tiny_tokenizer.py`), so it can be served end to end.
+    """
     from transformers import AutoModelForCausalLM
+
+    from helpers.tiny_tokenizer import write_tiny_tokenizer
 
     torch.manual_seed(seed)
     config = hf_config(variant)
@@ -64,5 +70,6 @@ def write_tiny_model(path: Path, variant: str, seed: int = 0) -> Path:
                 p.add_(torch.randn_like(p) * 0.05)
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path, safe_serialization=True)
+    write_tiny_tokenizer(path, vocab_size=config.vocab_size)
     (path / "generation_config.json").write_text(json.dumps({"eos_token_id": 2, "bos_token_id": 1}))
     return path

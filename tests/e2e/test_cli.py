@@ -1,0 +1,53 @@
+"""The `radixlm` console script, run as a user would, on a tiny model."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from radixlm.server.args import build_parser, chat_config_from_args
+
+
+def _run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "radixlm.cli", *args]
+    return subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=120)
+
+
+def test_one_shot_generation_on_tiny_model(tiny_model_factory):
+    model = str(tiny_model_factory("llama"))
+    res = _run("generate", "--model", model, "--prompt", "hello", "--max-new-tokens", "6")
+    assert res.returncode == 0, res.stderr
+    assert "llama, 2 layers" in res.stderr  # the banner names the model it runs
+    assert "generated in" in res.stderr
+
+
+def test_interactive_chat_reads_turns_until_eof(tiny_model_factory):
+    model = str(tiny_model_factory("qwen2"))
+    res = _run("serve", "--model", model, "--max-new-tokens", "4", stdin="hi\nagain\n")
+    assert res.returncode == 0, res.stderr
+    assert res.stderr.count("generated in") == 2
+
+
+def test_bad_flags_name_the_flag():
+    res = _run("generate", "--temperature", "-1", "--prompt", "x")
+    assert res.returncode == 2
+    assert "--temperature" in res.stderr
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--dtype", "int3"])
+
+
+def test_missing_model_is_a_clear_error(tmp_path):
+    res = _run("generate", "--model", str(tmp_path / "absent"), "--prompt", "x")
+    assert res.returncode != 0
+    assert "radixlm: error: no model at" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_flags_become_frozen_configs():
+    ns = build_parser().parse_args(
+        ["serve", "--top-p", "0.5", "--seed", "3", "--dtype", "bfloat16"]
+    )
+    cfg = chat_config_from_args(ns)
+    assert (cfg.params.top_p, cfg.params.seed, cfg.load.dtype) == (0.5, 3, "bfloat16")

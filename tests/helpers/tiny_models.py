@@ -61,7 +61,7 @@ def write_tiny_model(path: Path, variant: str, seed: int = 0) -> Path:
 
     torch.manual_seed(seed)
     config = hf_config(variant)
-    model = AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     with torch.no_grad():  # default init is too small to make logits differ much; widen it
         for p in model.parameters():
             if p.dim() > 1:

@@ -68,8 +68,13 @@ class RadixCache(PrefixCache):
         self.reset_state()
 
     def reset_state(self) -> None:
-        """Forget the tree without touching the pool (for a pool that was just cleared)."""
-        self.root = TreeNode(None, _EMPTY_KEY, self._empty_value)
+        """Forget the tree without touching the pool (for a pool that was just cleared).
+
+        The root object survives, so a caller's lock on it (an empty match) stays valid.
+        """
+        if not hasattr(self, "root"):
+            self.root = TreeNode(None, _EMPTY_KEY, self._empty_value)
+        self.root.children = {}
         self._evictable = 0
         self._protected = 0
         self._leaves: set[TreeNode] = set()  # unlocked childless non-root nodes

@@ -182,3 +182,30 @@ class LoadConfig:
         if self.dtype == "auto":
             return torch.bfloat16 if self.resolved_device().type == "cuda" else torch.float32
         return parse_dtype(self.dtype)
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """The KV pool's size and the prefix cache's mode."""
+
+    max_total_tokens: int | None = None  # None: sized from mem_fraction
+    mem_fraction: float = 0.3  # share of free memory (after weights) given to the KV pool
+    page_size: int = 1
+    disable_radix_cache: bool = False
+    debug: bool = False  # check every free against an allocation mask (slow)
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """How the scheduler orders, admits and batches requests."""
+
+    schedule_policy: str = "lpm"
+    max_running_requests: int = 256
+    max_prefill_tokens: int = 8192  # prompt tokens per prefill step
+    chunked_prefill_size: int = 2048  # longer prompts are prefilled in chunks; <= 0 disables
+    fcfs_fallback_queue_len: int = 128  # cache-aware policies act as fcfs past this queue length
+    in_batch_prefix_threshold: int = 32  # hold back siblings sharing this many uncached tokens
+    init_new_token_ratio: float = 0.7  # share of max_new_tokens reserved per running request
+    min_new_token_ratio: float = 0.1
+    new_token_ratio_decay: float = 0.001  # per decode step
+    seed: int = 0  # for the random policy

@@ -1,0 +1,61 @@
+"""Build the runtime an engine needs: model, tokenizer, KV pool, prefix cache, scheduler."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from radixlm.engine.config import EngineConfig
+from radixlm.kvcache.chunk_cache import ChunkCache
+from radixlm.kvcache.pool import KVPool
+from radixlm.kvcache.prefix_cache import PrefixCache
+from radixlm.kvcache.radix_cache import RadixCache
+from radixlm.loader import LoadedModel, load_model
+from radixlm.scheduler.finisher import Finisher
+from radixlm.scheduler.policy import POLICIES
+from radixlm.scheduler.scheduler import Scheduler
+from radixlm.tokenizer import Tokenizer, load_tokenizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    loaded: LoadedModel
+    tokenizer: Tokenizer | None
+    scheduler: Scheduler
+
+
+def build_runtime(config: EngineConfig) -> Runtime:
+    if config.scheduler.schedule_policy not in POLICIES:
+        raise ValueError(
+            f"unknown schedule_policy {config.scheduler.schedule_policy!r}; "
+            f"choose from {', '.join(POLICIES)}"
+        )
+    loaded = load_model(config.load)
+    tokenizer = None
+    if not config.skip_tokenizer_init:
+        tok_path = config.load.tokenizer or loaded.path
+        tokenizer = load_tokenizer(tok_path, extra_eos_token_ids=loaded.config.eos_token_ids)
+    c = config.cache
+    sizing = (
+        {"max_total_tokens": c.max_total_tokens}
+        if c.max_total_tokens is not None
+        else {"mem_fraction": c.mem_fraction}
+    )
+    pool = KVPool.for_model(
+        loaded.config, loaded.dtype, loaded.device, model_bytes=loaded.memory_bytes,
+        page_size=c.page_size, debug=c.debug, **sizing,
+    )  # fmt: skip
+    cache: PrefixCache = ChunkCache(pool) if c.disable_radix_cache else RadixCache(pool)
+    eos = tuple(dict.fromkeys(
+        (tokenizer.eos_token_ids if tokenizer else ()) + loaded.config.eos_token_ids
+    ))  # fmt: skip
+    finisher = Finisher(tokenizer, eos, loaded.config.context_length)
+    scheduler = Scheduler(loaded.model, cache, config.scheduler, finisher)
+    log.info(
+        "KV pool: %d tokens (%.1f MiB), radix cache %s, policy %s",
+        pool.total, pool.total * pool.shape.bytes_per_token / 2**20,
+        "off" if c.disable_radix_cache else "on", config.scheduler.schedule_policy,
+    )  # fmt: skip
+    return Runtime(loaded, tokenizer, scheduler)

@@ -1,0 +1,121 @@
+"""A request's KV life cycle over the pool and the prefix cache.
+
+Match -> lock -> allocate the uncached rest -> compute -> insert what was
+computed (after every prefill chunk, so later requests can reuse it even
+while this one still runs) -> on finish, insert the rest, free duplicates and
+unlock. Every slot is at all times either free in the pool, held by the tree,
+or owned by exactly one running request (`Req` documents which of its slots
+are which).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from radixlm.kvcache.chunk_cache import ChunkCache
+from radixlm.kvcache.pool import KVPool
+from radixlm.kvcache.prefix_cache import PrefixCache
+from radixlm.scheduler.request import Req
+
+
+class KVManager:
+    def __init__(self, pool: KVPool, cache: PrefixCache) -> None:
+        if pool.page_size != 1:
+            raise ValueError("the scheduler runs with page_size 1")
+        self.pool = pool
+        self.cache = cache
+        # With reuse disabled nothing is inserted until a request ends.
+        self.reuse = not isinstance(cache, ChunkCache)
+
+    # -- matching and admission ------------------------------------------------
+
+    def match(self, req: Req) -> int:
+        """Set req.prefix_len / match_node / match_slots to the longest cached prefix.
+
+        The key stops at `req.max_prefix_len()`, so at least one token (and
+        every position whose prompt logprobs are wanted) is computed. The match
+        is valid until the next allocation or eviction unless
+        `lock_and_allocate` locks it.
+        """
+        key = req.fill_ids[: req.max_prefix_len()]
+        m = self.cache.match_prefix(key, req.extra_key, record=False)
+        req.prefix_len, req.match_node, req.match_slots = m.prefix_len, m.last_node, m.slot_indices
+        return m.prefix_len
+
+    def available(self) -> int:
+        """Slots an allocation could get now: free plus evictable."""
+        return self.pool.available_size() + self.cache.evictable_size
+
+    def alloc(self, n: int) -> torch.Tensor | None:
+        """n fresh slots, evicting unlocked cached prefixes if needed; None if impossible."""
+        if n == 0:
+            return torch.empty(0, dtype=torch.int64, device=self.pool.device)
+        short = n - self.pool.available_size()
+        if short > 0:
+            self.cache.evict(short)
+        return self.pool.alloc(n)
+
+    def lock_and_allocate(self, req: Req, extend_len: int) -> bool:
+        """Start (or restart) a waiting request: lock its match, allocate `extend_len` slots.
+
+        Call right after `match(req)`, with no allocation in between (an
+        allocation may evict what the match found). On success req.kv_slots =
+        matched prefix slots + new slots; on failure nothing changes and False
+        is returned.
+        """
+        assert req.match_node is not None and req.match_slots is not None
+        self.cache.inc_lock_ref(req.match_node)
+        new = self.alloc(extend_len)
+        if new is None:
+            self.cache.dec_lock_ref(req.match_node)
+            return False
+        req.kv_slots = torch.cat([req.match_slots, new])
+        req.cache_protected_len = req.prefix_len
+        req.last_node = req.match_node
+        return True
+
+    def extend(self, req: Req, n: int) -> bool:
+        """Append n fresh slots to a running request (next chunk or decode token)."""
+        new = self.alloc(n)
+        if new is None:
+            return False
+        assert req.kv_slots is not None
+        req.kv_slots = torch.cat([req.kv_slots, new])
+        return True
+
+    # -- caching and release ---------------------------------------------------
+
+    def cache_unfinished(self, req: Req) -> None:
+        """Insert the tokens computed so far into the tree; the request keeps running.
+
+        Duplicate slots (K/V another request cached meanwhile) are freed and
+        replaced by the tree's, and the lock moves down to the new last node.
+        """
+        if not self.reuse or req.kv_slots is None:
+            return
+        key = req.fill_ids[: req.kv_len]
+        n = self.cache.insert(key, req.kv_slots, req.extra_key)
+        if n > req.cache_protected_len:
+            self.pool.free(req.kv_slots[req.cache_protected_len : n])
+        m = self.cache.match_prefix(key, req.extra_key, record=False)
+        self.cache.inc_lock_ref(m.last_node)
+        self.cache.dec_lock_ref(req.last_node)
+        req.kv_slots = torch.cat([m.slot_indices, req.kv_slots[m.prefix_len :]])
+        req.cache_protected_len, req.last_node = m.prefix_len, m.last_node
+
+    def release(self, req: Req) -> None:
+        """A request leaves the running set: cache its K/V, free what the tree did not take."""
+        if req.kv_slots is None:
+            return
+        key = req.fill_ids[: req.kv_len]
+        n = self.cache.insert(key, req.kv_slots, req.extra_key)
+        if self.reuse and n > req.cache_protected_len:
+            # The tree already held [protected, n): our copies are duplicates.
+            self.pool.free(req.kv_slots[req.cache_protected_len : n])
+        # ChunkCache.insert freed everything itself; the radix tree took the rest.
+        self.cache.dec_lock_ref(req.last_node)
+        req.kv_slots, req.last_node, req.cache_protected_len = None, None, 0
+
+    def owned_slots(self, reqs: list[Req]) -> list[torch.Tensor]:
+        """Slots held by these requests outside the tree (for the integrity check)."""
+        return [r.kv_slots[r.cache_protected_len :] for r in reqs if r.kv_slots is not None]

@@ -1,0 +1,83 @@
+"""Order the waiting queue: fcfs, lpm, dfs-weight, lof, random.
+
+Cache-aware policies (lpm, dfs-weight) match every waiting request against the
+tree, which costs a tree walk per request; past `fcfs_fallback_queue_len`
+waiting requests they fall back to fcfs.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from collections.abc import Callable
+
+from radixlm.kvcache.prefix_cache import TreeNode
+from radixlm.scheduler.request import Req
+
+POLICIES = ("fcfs", "lpm", "dfs-weight", "lof", "random")
+
+
+class SchedulePolicy:
+    def __init__(
+        self,
+        name: str,
+        match: Callable[[Req], int],
+        root: TreeNode | None,
+        fcfs_fallback_queue_len: int = 128,
+        seed: int = 0,
+    ) -> None:
+        """`match(req)` sets req.prefix_len / req.match_node; `root` is the tree's root."""
+        if name not in POLICIES:
+            raise ValueError(f"unknown schedule policy {name!r}; choose from {', '.join(POLICIES)}")
+        self.name = name
+        self.match = match
+        self.root = root
+        self.fallback_len = fcfs_fallback_queue_len
+        self.rng = random.Random(seed)
+
+    def order(self, waiting: list[Req]) -> list[Req]:
+        """Return the waiting requests in the order admission should try them."""
+        name = self.name
+        if name in ("lpm", "dfs-weight") and (len(waiting) > self.fallback_len or not self.root):
+            name = "fcfs"
+        if name == "fcfs":
+            return list(waiting)
+        if name == "lof":
+            return sorted(waiting, key=lambda r: -r.remaining_new_tokens())
+        if name == "random":
+            shuffled = list(waiting)
+            self.rng.shuffle(shuffled)
+            return shuffled
+        for req in waiting:
+            self.match(req)
+        if name == "lpm":
+            # Stable sort: equal matches keep arrival order.
+            return sorted(waiting, key=lambda r: -r.prefix_len)
+        return self._dfs_weight(waiting)
+
+    def _dfs_weight(self, waiting: list[Req]) -> list[Req]:
+        """Depth-first over the tree from the root, heavier subtrees (more waiting requests) first.
+
+        A request sits at the node where its match ended; requests at one node
+        keep arrival order and come before the node's subtrees.
+        """
+        at_node: dict[int, list[Req]] = defaultdict(list)
+        weight: dict[int, int] = defaultdict(int)
+        for req in waiting:
+            node = req.match_node
+            assert node is not None
+            at_node[node.id].append(req)
+            while node is not None:  # every ancestor's subtree gains one request
+                weight[node.id] += 1
+                node = node.parent
+        assert self.root is not None
+        out: list[Req] = []
+        stack = [self.root]
+        while stack:
+            node = stack.pop()
+            out.extend(at_node.get(node.id, ()))
+            kids = [c for c in node.children.values() if weight.get(c.id)]
+            # Push lightest first so the heaviest is popped (visited) first.
+            kids.sort(key=lambda c: weight[c.id])
+            stack.extend(kids)
+        return out

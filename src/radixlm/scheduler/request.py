@@ -1,0 +1,136 @@
+"""A request as the scheduler sees it: tokens, sampling params, KV slots, lock, output."""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from radixlm.kvcache.prefix_cache import TreeNode
+from radixlm.sampling.params import SamplingParams
+
+
+class ReqState(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+@dataclass(frozen=True)
+class FinishReason:
+    """Why a request ended, in SGLang's `meta_info.finish_reason` shape."""
+
+    type: str  # "stop" | "length" | "abort"
+    matched: int | str | None = None  # the stop token id or stop string
+    length: int | None = None
+    message: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"type": self.type}
+        if self.type == "stop":
+            d["matched"] = self.matched
+        elif self.type == "length":
+            d["length"] = self.length
+        elif self.message is not None:
+            d["message"] = self.message
+        return d
+
+
+@dataclass
+class Req:
+    """One sequence to generate.
+
+    KV bookkeeping (the map of a running request's slots):
+
+        kv_slots[0 : cache_protected_len]      owned by the prefix cache, locked via last_node
+        kv_slots[cache_protected_len : kv_len] owned by this request (computed, not yet cached)
+
+    `kv_len == len(kv_slots)` tokens of `fill_ids` have K/V. The newest sampled
+    token never has K/V until the next decode step computes it.
+    """
+
+    rid: str
+    input_ids: list[int]
+    params: SamplingParams
+    extra_key: str | None = None  # cache namespace (per-tenant salt)
+    return_logprob: bool = False
+    logprob_start_len: int = -1  # prompt logprobs from this position (-1: none)
+    top_logprobs_num: int = 0
+    output_ids: list[int] = field(default_factory=list)
+    state: ReqState = ReqState.WAITING
+    finish_reason: FinishReason | None = None
+
+    # KV state (see the class docstring).
+    kv_slots: torch.Tensor | None = None
+    cache_protected_len: int = 0
+    last_node: TreeNode | None = None
+
+    # Per-admission scheduling scratch (valid only inside one schedule pass).
+    prefix_len: int = 0  # tokens matched in the cache when last checked
+    match_node: TreeNode | None = None
+    match_slots: torch.Tensor | None = None
+
+    # Accounting for meta_info.
+    input_logprobs_done: bool = False
+    cached_tokens: int = 0  # prompt tokens served from the cache (first admission)
+    admitted_once: bool = False
+    retractions: int = 0
+    created_at: float = field(default_factory=time.perf_counter)
+    first_token_at: float | None = None
+    finished_at: float | None = None
+
+    # Logprobs gathered so far: (logprob, token_id) pairs and top-k alternatives.
+    input_logprobs: list[tuple[float, int]] = field(default_factory=list)
+    input_top_logprobs: list[list[tuple[float, int]]] = field(default_factory=list)
+    output_logprobs: list[tuple[float, int]] = field(default_factory=list)
+    output_top_logprobs: list[list[tuple[float, int]]] = field(default_factory=list)
+
+    @property
+    def fill_ids(self) -> list[int]:
+        """Every token of the sequence so far: prompt, then output."""
+        return self.input_ids + self.output_ids
+
+    @property
+    def kv_len(self) -> int:
+        return 0 if self.kv_slots is None else int(self.kv_slots.numel())
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+    @property
+    def max_new_tokens(self) -> int:
+        return self.params.max_new_tokens
+
+    def logit_from(self) -> int | None:
+        """First position whose logits the next prefill must return (prompt logprobs), or None.
+
+        The entry for prompt token i comes from the logits at position i - 1.
+        """
+        start = self.logprob_start_len
+        if not self.return_logprob or start < 0 or self.input_logprobs_done:
+            return None
+        if start >= len(self.input_ids):
+            return None
+        return max(start - 1, 0)
+
+    def max_prefix_len(self) -> int:
+        """The longest cached prefix this request may reuse.
+
+        At least one token is always computed (its logits give the next
+        token), and positions whose prompt logprobs are wanted must be computed.
+        """
+        n = len(self.input_ids) + len(self.output_ids) - 1
+        frm = self.logit_from()
+        return n if frm is None else min(n, frm)
+
+    def remaining_new_tokens(self) -> int:
+        return max(self.params.max_new_tokens - len(self.output_ids), 0)
+
+    def finish(self, reason: FinishReason) -> None:
+        if self.finish_reason is None:
+            self.finish_reason = reason
+            self.finished_at = time.perf_counter()

@@ -1,0 +1,287 @@
+"""The scheduler loop: each step runs one prefill batch or one decode step.
+
+Continuous batching: requests join the running set after their prefill and
+leave it when they finish, between any two steps. Prefill has priority; a
+decode step runs when nothing can be admitted. The parts: `SchedulePolicy`
+orders the queue, `PrefillAdder` admits, `KVManager` owns the slot life
+cycle, `ModelRunner` runs the model, `sampling.sample` picks tokens, and
+`Finisher` decides when a request ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import torch
+
+from radixlm.config import SchedulerConfig
+from radixlm.executor.model_runner import ForwardItem, ModelRunner
+from radixlm.kvcache.prefix_cache import PrefixCache
+from radixlm.kvcache.radix_cache import RadixCache
+from radixlm.models.llama import LlamaForCausalLM
+from radixlm.sampling.sampler import SamplingBatch, sample
+from radixlm.scheduler.finisher import Finisher
+from radixlm.scheduler.kv_manager import KVManager
+from radixlm.scheduler.logprob_collector import record_input_logprobs, record_output_logprobs
+from radixlm.scheduler.policy import SchedulePolicy
+from radixlm.scheduler.prefill_adder import PrefillAdder, PrefillBatch
+from radixlm.scheduler.request import FinishReason, Req, ReqState
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StepOutput:
+    """What one step produced for one request: new tokens, new text, and whether it ended."""
+
+    req: Req
+    new_ids: list[int]
+    text: str
+    finished: bool
+
+
+class Scheduler:
+    def __init__(
+        self,
+        model: LlamaForCausalLM,
+        cache: PrefixCache,
+        config: SchedulerConfig,
+        finisher: Finisher,
+    ) -> None:
+        self.config = config
+        self.model_config = model.config
+        self.kv = KVManager(cache.pool, cache)
+        self.runner = ModelRunner(model, self.kv.pool)
+        root = cache.root if isinstance(cache, RadixCache) else None
+        self.policy = SchedulePolicy(
+            config.schedule_policy, self.kv.match, root, config.fcfs_fallback_queue_len, config.seed
+        )
+        self.adder = PrefillAdder(config, self.kv)
+        self.finisher = finisher
+        self.waiting: list[Req] = []
+        self.running: list[Req] = []
+        self.chunked: Req | None = None
+        self.new_token_ratio = config.init_new_token_ratio
+        self._pending: list[StepOutput] = []  # aborts of waiting requests, reported next step
+        self.stats = SchedulerStats()
+
+    # -- requests in and out -------------------------------------------------------
+
+    @property
+    def capacity(self) -> int:
+        """The most tokens (prompt + output) one request may ever hold."""
+        return min(self.kv.pool.total, self.model_config.context_length)
+
+    def add_request(self, req: Req) -> None:
+        """Queue a request; raises ValueError if it can never fit."""
+        if not req.input_ids:
+            raise ValueError("the prompt is empty")
+        need = len(req.input_ids) + req.params.max_new_tokens
+        if need > self.capacity:
+            raise ValueError(
+                f"prompt ({len(req.input_ids)} tokens) + max_new_tokens "
+                f"({req.params.max_new_tokens}) = {need} exceeds the limit of {self.capacity} "
+                f"tokens (context length {self.model_config.context_length}, "
+                f"KV pool {self.kv.pool.total})"
+            )
+        self.finisher.start(req)
+        self.waiting.append(req)
+
+    def abort(self, rid: str) -> bool:
+        """End request `rid` wherever it is; return False if it is unknown or done."""
+        reason = FinishReason("abort", message="aborted by the caller")
+        for req in self.waiting:
+            if req.rid == rid:
+                self.waiting.remove(req)
+                req.finish(reason)
+                req.state = ReqState.FINISHED
+                self._pending.append(StepOutput(req, [], self.finisher.finish_text(req), True))
+                return True
+        for req in [*self.running, *([self.chunked] if self.chunked else [])]:
+            if req.rid == rid:
+                req.finish(reason)
+                self._retire(req, [], "")
+                return True
+        return False
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running or self.chunked or self._pending)
+
+    # -- one step -------------------------------------------------------------
+
+    def step(self) -> list[StepOutput]:
+        """Run one prefill batch, or else one decode step; return what each request got."""
+        outputs, self._pending = self._pending, []
+        if self.waiting or self.chunked:
+            ordered = self.policy.order(self.waiting)
+            batch = self.adder.build(ordered, self.running, self.chunked, self.new_token_ratio)
+            if batch:
+                self._run_prefill(batch, outputs)
+                return outputs
+        if self.running:
+            self._run_decode(outputs)
+        return outputs
+
+    def _run_prefill(self, batch: PrefillBatch, outputs: list[StepOutput]) -> None:
+        admitted = {id(r) for r in batch.reqs}
+        self.waiting = [r for r in self.waiting if id(r) not in admitted]
+        items = []
+        for req, n in zip(batch.reqs, batch.extend_lens, strict=True):
+            if not req.admitted_once:
+                req.admitted_once = True
+                req.cached_tokens = req.cache_protected_len
+                self.stats.prompt_tokens += len(req.input_ids)
+                self.stats.cached_tokens += req.cached_tokens
+            req.state = ReqState.RUNNING
+            start = req.kv_len - n
+            items.append(
+                ForwardItem(req.fill_ids[start : req.kv_len], req.kv_slots, start, req.logit_from())
+            )
+        self.stats.prefill_tokens += sum(batch.extend_lens)
+        out = self.runner.forward(items)
+        for i, req in enumerate(batch.reqs):
+            if req.logit_from() is not None:
+                record_input_logprobs(req, items[i], out.last[i], out.extra[i])
+        self.chunked = batch.chunked
+        done = [i for i, r in enumerate(batch.reqs) if r is not batch.chunked]
+        to_sample = [i for i in done if batch.reqs[i].remaining_new_tokens() > 0]
+        new_ids = self._sample([batch.reqs[i] for i in to_sample], out.last[to_sample])
+        for i in done:
+            req = batch.reqs[i]
+            if i not in to_sample:  # max_new_tokens == 0: prefill only
+                req.finish(FinishReason("length", length=0))
+                self._retire(req, [], "", outputs)
+                continue
+            self._append(req, new_ids[to_sample.index(i)], outputs)
+        for req in batch.reqs:
+            if not req.finished:
+                self.kv.cache_unfinished(req)
+                if req is not batch.chunked:
+                    self.running.append(req)
+
+    def _run_decode(self, outputs: list[StepOutput]) -> None:
+        if not self._reserve_decode_slots():
+            return
+        reqs = list(self.running)
+        items = [ForwardItem([r.fill_ids[-1]], r.kv_slots, r.kv_len - 1) for r in reqs]
+        out = self.runner.forward(items)
+        new_ids = self._sample(reqs, out.last)
+        self.stats.decode_steps += 1
+        for req, token in zip(reqs, new_ids, strict=True):
+            self._append(req, token, outputs)
+        self.running = [r for r in self.running if not r.finished]
+        cfg = self.config
+        self.new_token_ratio = max(
+            cfg.min_new_token_ratio, self.new_token_ratio - cfg.new_token_ratio_decay
+        )
+
+    def _reserve_decode_slots(self) -> bool:
+        """Give every running request one slot for this step, retracting requests if needed."""
+        while self.running:
+            new = self.kv.alloc(len(self.running))
+            if new is not None:
+                for req, slot in zip(self.running, new.split(1), strict=True):
+                    req.kv_slots = torch.cat([req.kv_slots, slot])
+                return True
+            if len(self.running) == 1 and self.chunked is None:
+                raise RuntimeError("the KV pool cannot hold a single request's next token")
+            self._retract_one()
+        return False
+
+    def _retract_one(self) -> None:
+        """Free the running request with the fewest generated tokens and requeue it first.
+
+        A running chunked prefill is retracted first when it is the only one left.
+        """
+        if not self.running:
+            victim = self.chunked
+            self.chunked = None
+        else:
+            victim = min(reversed(self.running), key=lambda r: len(r.output_ids))
+            self.running.remove(victim)
+        assert victim is not None
+        self.kv.release(victim)  # its K/V stay in the tree (evictable) for the retry
+        victim.state = ReqState.WAITING
+        victim.retractions += 1
+        self.stats.retractions += 1
+        self.waiting.insert(0, victim)
+        cfg = self.config
+        self.new_token_ratio = min(1.0, max(self.new_token_ratio, cfg.init_new_token_ratio) + 0.1)
+        log.debug("retracted %s after %d tokens", victim.rid, len(victim.output_ids))
+
+    # -- sampling and finishing ------------------------------------------------------
+
+    def _sample(self, reqs: list[Req], logits: torch.Tensor) -> list[int]:
+        if not reqs:
+            return []
+        batch = SamplingBatch.build(
+            [r.params for r in reqs], logits.device, logits.shape[-1], self.finisher.eos_token_ids
+        )
+        want_lp = any(r.return_logprob for r in reqs)
+        res = sample(
+            logits,
+            batch,
+            [r.output_ids for r in reqs],
+            [r.input_ids for r in reqs] if batch.need_penalties else None,
+            return_logprobs=want_lp,
+            top_logprobs_num=[r.top_logprobs_num if r.return_logprob else 0 for r in reqs],
+        )
+        ids = res.next_token_ids.tolist()
+        if want_lp:
+            record_output_logprobs(reqs, ids, res)
+        return ids
+
+    def _append(self, req: Req, token: int, outputs: list[StepOutput]) -> None:
+        req.output_ids.append(token)
+        if req.first_token_at is None:
+            req.first_token_at = time.perf_counter()
+        self.stats.generated_tokens += 1
+        text = self.finisher.check(req, token)
+        if req.finished:
+            self._retire(req, [token], text, outputs)
+        else:
+            outputs.append(StepOutput(req, [token], text, False))
+
+    def _retire(
+        self, req: Req, new_ids: list[int], text: str, outputs: list[StepOutput] | None = None
+    ) -> None:
+        """A request ended: release its K/V (caching them) and report it."""
+        self.kv.release(req)
+        req.state = ReqState.FINISHED
+        if req in self.running:
+            self.running.remove(req)
+        if req is self.chunked:
+            self.chunked = None
+        text += self.finisher.finish_text(req)
+        out = StepOutput(req, new_ids, text, True)
+        (outputs if outputs is not None else self._pending).append(out)
+
+    # -- maintenance ---------------------------------------------------------------
+
+    def flush_cache(self) -> bool:
+        """Drop every cached prefix; only when no request is queued or running."""
+        if self.has_work():
+            return False
+        self.kv.cache.reset()
+        return True
+
+    def check_integrity(self) -> None:
+        """Raise IntegrityError unless free + cached + held by running requests == total."""
+        live = [*self.running, *([self.chunked] if self.chunked else [])]
+        self.kv.cache.check_integrity(self.kv.owned_slots(live))
+
+
+@dataclass
+class SchedulerStats:
+    prompt_tokens: int = 0  # over first admissions
+    cached_tokens: int = 0  # of those, served from the cache
+    prefill_tokens: int = 0  # actually computed (includes recomputation after retraction)
+    generated_tokens: int = 0
+    decode_steps: int = 0
+    retractions: int = 0
+
+    @property
+    def hit_rate(self) -> float:
+        return self.cached_tokens / self.prompt_tokens if self.prompt_tokens else 0.0

@@ -11,6 +11,7 @@ an inbox of commands and receive events on per-request queues.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import queue
 import threading
@@ -22,8 +23,10 @@ from typing import Any
 from radixlm.engine.config import EngineConfig, build_engine_config
 from radixlm.engine.output import Prompt, RequestHandle, expand_requests
 from radixlm.engine.setup import build_runtime
+from radixlm.loader import LoadedModel
 from radixlm.sampling.params import SamplingParams
 from radixlm.scheduler.scheduler import StepOutput
+from radixlm.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +39,21 @@ class Engine:
     chunked_prefill_size, max_prefill_tokens, max_running_requests, ...).
     """
 
-    def __init__(self, model: str | None = None, **options: Any) -> None:
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        loaded: LoadedModel | None = None,
+        tokenizer: Tokenizer | None = None,
+        **options: Any,
+    ) -> None:
+        """`loaded` / `tokenizer` reuse an already loaded model (e.g. two engines, one model)."""
         if model is not None:
             options["model"] = model
+        elif loaded is not None:
+            options["model"] = str(loaded.path)
         self.config: EngineConfig = build_engine_config(**options)
-        rt = build_runtime(self.config)
+        rt = build_runtime(self.config, loaded, tokenizer)
         self.loaded, self.tokenizer, self.scheduler = rt.loaded, rt.tokenizer, rt.scheduler
         self._inbox: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._handles: dict[str, RequestHandle] = {}
@@ -49,6 +62,7 @@ class Engine:
         self.integrity_error: BaseException | None = None
         self._thread = threading.Thread(target=self._loop, name="radixlm-engine", daemon=True)
         self._thread.start()
+        atexit.register(self.shutdown)
 
     # -- public API -----------------------------------------------------------------
 
@@ -162,6 +176,7 @@ class Engine:
         self._stopped = True
         self._wake.set()
         self._thread.join(timeout=30)
+        atexit.unregister(self.shutdown)
 
     def __enter__(self) -> Engine:
         return self

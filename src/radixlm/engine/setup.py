@@ -26,15 +26,17 @@ class Runtime:
     scheduler: Scheduler
 
 
-def build_runtime(config: EngineConfig) -> Runtime:
+def build_runtime(
+    config: EngineConfig, loaded: LoadedModel | None = None, tokenizer: Tokenizer | None = None
+) -> Runtime:
+    """Load (or reuse `loaded` / `tokenizer`) and wire the pool, cache and scheduler."""
     if config.scheduler.schedule_policy not in POLICIES:
         raise ValueError(
             f"unknown schedule_policy {config.scheduler.schedule_policy!r}; "
             f"choose from {', '.join(POLICIES)}"
         )
-    loaded = load_model(config.load)
-    tokenizer = None
-    if not config.skip_tokenizer_init:
+    loaded = loaded or load_model(config.load)
+    if tokenizer is None and not config.skip_tokenizer_init:
         tok_path = config.load.tokenizer or loaded.path
         tokenizer = load_tokenizer(tok_path, extra_eos_token_ids=loaded.config.eos_token_ids)
     c = config.cache

@@ -38,7 +38,9 @@ class SchedulePolicy:
     def order(self, waiting: list[Req]) -> list[Req]:
         """Return the waiting requests in the order admission should try them."""
         name = self.name
-        if name in ("lpm", "dfs-weight") and (len(waiting) > self.fallback_len or not self.root):
+        if name in ("lpm", "dfs-weight") and (
+            len(waiting) > self.fallback_len or self.root is None
+        ):
             name = "fcfs"
         if name == "fcfs":
             return list(waiting)
@@ -56,10 +58,11 @@ class SchedulePolicy:
         return self._dfs_weight(waiting)
 
     def _dfs_weight(self, waiting: list[Req]) -> list[Req]:
-        """Depth-first over the tree from the root, heavier subtrees (more waiting requests) first.
+        """Depth-first over the tree, heavier subtrees (more waiting requests) first.
 
-        A request sits at the node where its match ended; requests at one node
-        keep arrival order and come before the node's subtrees.
+        A request sits at the node where its match ended. A node's subtrees come
+        before the node's own requests (deeper matches first); requests at one
+        node keep arrival order.
         """
         at_node: dict[int, list[Req]] = defaultdict(list)
         weight: dict[int, int] = defaultdict(int)
@@ -72,12 +75,14 @@ class SchedulePolicy:
                 node = node.parent
         assert self.root is not None
         out: list[Req] = []
-        stack = [self.root]
-        while stack:
-            node = stack.pop()
-            out.extend(at_node.get(node.id, ()))
+        stack: list[tuple[TreeNode, bool]] = [(self.root, False)]
+        while stack:  # iterative post-order: trees can be deeper than the recursion limit
+            node, expanded = stack.pop()
+            if expanded:
+                out.extend(at_node.get(node.id, ()))
+                continue
+            stack.append((node, True))
             kids = [c for c in node.children.values() if weight.get(c.id)]
-            # Push lightest first so the heaviest is popped (visited) first.
-            kids.sort(key=lambda c: weight[c.id])
-            stack.extend(kids)
+            kids.sort(key=lambda c: weight[c.id])  # lightest pushed first, heaviest popped first
+            stack.extend((c, False) for c in kids)
         return out

@@ -42,8 +42,8 @@ def edges(cache: RadixCache) -> list[tuple[list[int], list[int]]]:
     out = []
 
     def walk(node):
-        for child in sorted(node.children.values(), key=lambda c: c.key.tolist()):
-            out.append((child.key.tolist(), child.value.tolist()))
+        for child in sorted(node.children.values(), key=lambda c: c.key):
+            out.append((list(child.key), child.value.tolist()))
             walk(child)
 
     walk(cache.root)
@@ -51,12 +51,19 @@ def edges(cache: RadixCache) -> list[tuple[list[int], list[int]]]:
 
 
 def test_common_prefix_len():
-    a = np.array([1, 2, 3, 4])
-    assert common_prefix_len(a, np.array([1, 2, 9])) == 2
-    assert common_prefix_len(a, np.array([1, 2])) == 2
-    assert common_prefix_len(a, np.array([5])) == 0
-    assert common_prefix_len(a, np.array([], dtype=np.int64)) == 0
+    a = (1, 2, 3, 4)
+    assert common_prefix_len(a, (1, 2, 9)) == 2
+    assert common_prefix_len(a, (1, 2)) == 2
+    assert common_prefix_len(a, (5,)) == 0
+    assert common_prefix_len(a, ()) == 0
     assert common_prefix_len(a, a) == 4
+    assert common_prefix_len(a, (0, 1, 2, 7), start=1) == 2
+    assert common_prefix_len(a, (1, 2, 3, 4), end=3) == 3
+    long = tuple(range(1000))
+    for i in (0, 63, 64, 65, 500, 999):  # mismatches on and around chunk boundaries
+        other = (*long[:i], -1, *long[i + 1 :])
+        assert common_prefix_len(long, other) == i
+        assert common_prefix_len(long, long[:i]) == i
 
 
 def test_insert_then_match_exact_slots_and_split():
@@ -65,7 +72,7 @@ def test_insert_then_match_exact_slots_and_split():
     assert slots == [1, 2, 3, 4, 5] and n == 0
     m = cache.match_prefix([1, 2, 3, 9])
     assert m.slot_indices.tolist() == [1, 2, 3]
-    assert m.last_node.key.tolist() == [1, 2, 3]  # split so the node ends at the prefix
+    assert list(m.last_node.key) == [1, 2, 3]  # split so the node ends at the prefix
     assert edges(cache) == [([1, 2, 3], [1, 2, 3]), ([4, 5], [4, 5])]
     cache.check_integrity()
 
@@ -105,7 +112,7 @@ def test_fully_cached_prompt_matches_everything():
     put(cache, [5, 6, 7])
     m = cache.match_prefix([5, 6, 7])
     assert m.slot_indices.tolist() == [1, 2, 3] and m.prefix_len == 3
-    assert m.last_node.key.tolist() == [5, 6, 7]
+    assert list(m.last_node.key) == [5, 6, 7]
     # Leaving one token to compute: match all but the last token.
     m = cache.match_prefix([5, 6, 7][:-1])
     assert m.slot_indices.tolist() == [1, 2]
@@ -197,7 +204,7 @@ def test_split_of_a_locked_node_keeps_locks_and_the_callers_node():
     m = cache.match_prefix([1, 2, 3, 4])
     cache.inc_lock_ref(m.last_node)
     put(cache, [1, 2, 8])  # splits the locked edge
-    assert m.last_node.key.tolist() == [3, 4] and m.last_node.lock_ref == 1
+    assert list(m.last_node.key) == [3, 4] and m.last_node.lock_ref == 1
     assert m.last_node.parent.lock_ref == 1
     cache.check_integrity()
     cache.dec_lock_ref(m.last_node)
@@ -243,7 +250,7 @@ def test_page_size_alignment():
     # A mismatch inside the second page truncates the match to the first page.
     put(cache, [1, 2, 3, 4, 5, 6, 7, 8])
     m = cache.match_prefix([1, 2, 3, 4, 5, 6, 0, 8])
-    assert m.prefix_len == 4 and m.last_node.key.tolist() == [1, 2, 3, 4]
+    assert m.prefix_len == 4 and list(m.last_node.key) == [1, 2, 3, 4]
     cache.check_integrity()
 
 

@@ -73,7 +73,7 @@ class RadixMachine(RuleBasedStateMachine):
         stack = [(child, ()) for child in self.cache.root.children.values()]
         while stack:
             node, path = stack.pop()
-            toks, slots = node.key.tolist(), node.value.tolist()
+            toks, slots = list(node.key), node.value.tolist()
             for i in range(0, len(toks), ps):
                 path = (*path, *toks[i : i + ps])
                 out[(node.extra_key, path)] = tuple(slots[i : i + ps])

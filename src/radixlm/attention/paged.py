@@ -23,6 +23,7 @@ layer. The metadata also keeps the CSR form (`qo_indptr`, `kv_indptr`,
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -253,6 +254,39 @@ def _build_group(
     )
 
 
+class GatherWorkspace:
+    """Reusable buffers for the gathered K/V of a forward, grown on demand.
+
+    Gathering into fresh tensors costs more than the gather itself on CPU
+    (tens of MB of new pages per layer), so every context over the same pool
+    shares one workspace. Contents are scratch: valid only inside one `attend`.
+    """
+
+    def __init__(self) -> None:
+        self._k: torch.Tensor | None = None
+        self._v: torch.Tensor | None = None
+
+    def buffers(self, rows: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two [rows, like.shape[1]] tensors of like's dtype and device (views of the buffers)."""
+        width = like.shape[1]
+        if self._k is None or self._k.dtype != like.dtype or self._k.numel() < rows * width:
+            self._k = like.new_empty(rows * width)
+            self._v = like.new_empty(rows * width)
+        assert self._v is not None
+        return self._k[: rows * width].view(rows, width), self._v[: rows * width].view(rows, width)
+
+
+_WORKSPACES: weakref.WeakKeyDictionary[KVPool, GatherWorkspace] = weakref.WeakKeyDictionary()
+
+
+def workspace_for(pool: KVPool) -> GatherWorkspace:
+    """The gather workspace shared by every context over `pool`."""
+    ws = _WORKSPACES.get(pool)
+    if ws is None:
+        ws = _WORKSPACES[pool] = GatherWorkspace()
+    return ws
+
+
 class PagedContext(AttentionContext):
     """Attention for one forward whose K/V live at arbitrary slots of a `KVPool`.
 
@@ -271,6 +305,7 @@ class PagedContext(AttentionContext):
         check: bool = False,
     ) -> None:
         self.pool = pool
+        self.workspace = workspace_for(pool)
         self.metadata = PagedAttentionMetadata.build(
             seq_slots, prefix_lens, extend_lens, out_cache_loc,
             pool.shape.num_kv_heads, pool.device, check,
@@ -315,8 +350,11 @@ class PagedContext(AttentionContext):
         hkv = self.metadata.num_kv_heads
         qg = q if g.q_index is None else q.index_select(0, g.q_index)
         qg = qg.view(g.batch, g.q_len, h, d).transpose(1, 2)  # [b, H, Qmax, D]
-        kg = k_rows.index_select(0, g.kv_index).view(g.batch, hkv, g.kv_len, d)  # [b, Hkv, L, D]
-        vg = v_rows.index_select(0, g.kv_index).view(g.batch, hkv, g.kv_len, d)
+        k_buf, v_buf = self.workspace.buffers(g.kv_index.numel(), k_rows)
+        torch.index_select(k_rows, 0, g.kv_index, out=k_buf)
+        torch.index_select(v_rows, 0, g.kv_index, out=v_buf)
+        kg = k_buf.view(g.batch, hkv, g.kv_len, d)  # [b, Hkv, L, D]
+        vg = v_buf.view(g.batch, hkv, g.kv_len, d)
         o = F.scaled_dot_product_attention(
             qg, kg.to(q.dtype), vg.to(q.dtype),
             attn_mask=g.mask, is_causal=g.is_causal, scale=scale, enable_gqa=True,

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from collections.abc import Hashable
 
-import numpy as np
 import torch
 
 from radixlm.kvcache import integrity
@@ -30,7 +29,7 @@ class ChunkCache(PrefixCache):
         self.pool = pool
         self.page_size = pool.page_size
         self._empty = torch.empty(0, dtype=torch.int64, device=pool.device)
-        self.root = TreeNode(None, np.empty(0, dtype=np.int64), self._empty)
+        self.root = TreeNode(None, (), self._empty)
         self.tokens_queried = 0
         self.tokens_hit = 0
 

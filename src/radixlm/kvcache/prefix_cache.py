@@ -44,7 +44,7 @@ class IntegrityError(AssertionError):
 class TreeNode:
     """One edge of the radix tree and the node below it.
 
-    `key` ([n] int64 numpy) are the token ids of the edge, `value` ([n] int64
+    `key` (a tuple of n token ids) is the edge's tokens, `value` ([n] int64
     tensor) their KV slot indices. `lock_ref` counts the locks taken on this
     node or on any node below it; a node with lock_ref > 0 is protected from
     eviction. `last_access` is the cache's logical clock at the last match or
@@ -56,14 +56,16 @@ class TreeNode:
     def __init__(
         self,
         parent: TreeNode | None,
-        key: np.ndarray,
+        key: tuple[int, ...],
         value: torch.Tensor,
         extra_key: Hashable | None = None,
         last_access: int = 0,
     ) -> None:
         self.id = next(_node_ids)
         self.parent = parent
-        self.children: dict[tuple[Hashable | None, bytes], TreeNode] = {}
+        # Keyed by the edge's first token (first page as a tuple when page_size > 1);
+        # the root's children by (extra_key, that), so namespaces never share a node.
+        self.children: dict[Hashable, TreeNode] = {}
         self.key = key
         self.value = value
         self.extra_key = extra_key
@@ -95,23 +97,23 @@ class MatchResult:
         return int(self.slot_indices.numel())
 
 
-def key_array(key: TokenKey, copy: bool = False) -> np.ndarray:
-    """Token ids as a 1-D int64 numpy array (a private copy when `copy`)."""
-    if isinstance(key, torch.Tensor):
-        arr = key.detach().reshape(-1).cpu().numpy()
-    elif isinstance(key, np.ndarray):
-        arr = key.reshape(-1)
-    else:
-        return np.fromiter(key, dtype=np.int64, count=len(key))
-    if arr.dtype != np.int64:
-        return arr.astype(np.int64)
-    return arr.copy() if copy else arr
+def key_tuple(key: TokenKey) -> tuple[int, ...]:
+    """Token ids as a tuple of Python ints (a tuple is returned as is)."""
+    if isinstance(key, tuple):
+        return key
+    if isinstance(key, list):
+        return tuple(key)
+    if isinstance(key, torch.Tensor | np.ndarray):
+        return tuple(key.reshape(-1).tolist())
+    return tuple(int(t) for t in key)
 
 
 class PrefixCache(ABC):
     """Maps token sequences to the KV slots that hold them; see the module docstring."""
 
     page_size: int
+    tokens_queried: int = 0  # tokens of every recorded match_prefix key
+    tokens_hit: int = 0  # of those, tokens found in the cache
 
     def page_aligned_len(self, n: int) -> int:
         """The longest page-aligned length <= n: how much of a key the cache can hold."""
@@ -163,9 +165,6 @@ class PrefixCache(ABC):
     def total_size(self) -> int:
         """All cached tokens."""
         return self.evictable_size + self.protected_size
-
-    tokens_queried: int = 0
-    tokens_hit: int = 0
 
     @property
     def hit_rate(self) -> float:

@@ -7,11 +7,13 @@ lock/unlock, match, evict and reset are mixed in. After every step: the tree
 holds exactly the model's prefixes with the model's slots, `check_integrity`
 passes with the live requests' own slots as held, every lock_ref equals the
 number of live locks at or below the node, and every locked prefix is still
-cached with its slots (eviction never takes a locked token).
+cached with its slots (eviction never takes a locked token); each eviction
+takes exactly the nodes that a from-scratch least-recently-used scan would.
 """
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass
 
 import hypothesis.strategies as st
@@ -135,11 +137,56 @@ class RadixMachine(RuleBasedStateMachine):
         self.pool.free(req.slots[aligned:])  # the partial page the tree did not take
         self.cache.dec_lock_ref(req.lock.node)
 
-    @rule(num_tokens=st.integers(0, 24))
+    def all_nodes(self) -> list[TreeNode]:
+        out, stack = [], list(self.cache.root.children.values())
+        while stack:
+            node = stack.pop()
+            out.append(node)
+            stack.extend(node.children.values())
+        return out
+
+    def lru_victims(self, num_tokens: int) -> set[int]:
+        """Ids of the nodes a from-scratch LRU eviction would take (scan + heap)."""
+        nodes, root = self.all_nodes(), self.cache.root
+        kids = {n.id: len(n.children) for n in nodes}
+        heap = [(n.last_access, n.id, n) for n in nodes if not n.children and not n.lock_ref]
+        heapq.heapify(heap)
+        freed, victims = 0, set()
+        while freed < num_tokens and heap:
+            _, _, node = heapq.heappop(heap)
+            victims.add(node.id)
+            freed += len(node)
+            parent = node.parent
+            if parent is not root:
+                kids[parent.id] -= 1
+                if kids[parent.id] == 0 and not parent.lock_ref:
+                    heapq.heappush(heap, (parent.last_access, parent.id, parent))
+        return victims
+
+    @rule(key=keys.filter(bool), ns=namespaces)
+    def insert_unlocked(self, key, ns):
+        """A request that computed its whole key without matching, then caches it."""
+        key = tuple(key)
+        slots = self.pool.alloc(len(key))
+        if slots is None:
+            return
+        already = len(self.model_match(ns, key))
+        n = self.cache.insert(list(key), slots, ns)
+        assert n == already
+        aligned = self.cache.page_aligned_len(len(key))
+        for end in range(n + self.page_size, aligned + 1, self.page_size):
+            self.model[(ns, key[:end])] = tuple(slots[end - self.page_size : end].tolist())
+        self.pool.free(slots[:n])
+        self.pool.free(slots[aligned:])
+
+    @rule(num_tokens=st.one_of(st.integers(1, 4), st.integers(0, 24)))
     def evict(self, num_tokens: int) -> None:
         before_size, before_free = self.cache.total_size, self.pool.available_size()
         evictable = self.cache.evictable_size
+        before_ids = {n.id for n in self.all_nodes()}
+        victims = self.lru_victims(num_tokens)
         freed = self.cache.evict(num_tokens)
+        assert before_ids - {n.id for n in self.all_nodes()} == victims  # LRU order
         assert self.cache.total_size == before_size - freed
         assert self.pool.available_size() == before_free + freed
         assert freed >= min(num_tokens, evictable)

@@ -15,7 +15,9 @@ Invariants (checked by `check_integrity`):
 - `evictable_size` = tokens on nodes with lock_ref == 0, `protected_size` =
   tokens on nodes with lock_ref > 0;
 - `_leaves` is exactly the set of unlocked, childless, non-root nodes (the
-  eviction candidates);
+  eviction candidates), and `_heap` holds an entry `(last_access, id, node)`
+  for each of them with its current access time (plus stale entries, skipped
+  when popped: eviction pops instead of rescanning the tree);
 - pool free + cached + held by requests == pool total, no slot in two places.
 
 Matching compares a whole edge at once: `key[pos:pos + len(edge)] == edge` on
@@ -101,6 +103,7 @@ class RadixCache(PrefixCache):
         self._evictable = 0
         self._protected = 0
         self._leaves: set[TreeNode] = set()  # unlocked childless non-root nodes
+        self._heap: list[tuple[int, int, TreeNode]] = []  # LRU order over _leaves, lazily
         self._clock = 0
         self.tokens_queried = 0
         self.tokens_hit = 0
@@ -133,10 +136,12 @@ class RadixCache(PrefixCache):
         """
         toks = key_tuple(key)
         tick = self._tick()
-        node, pos, values = self.root, 0, []
+        root, ps = self.root, self.page_size
+        node, pos, values = root, 0, []
         n = self.page_aligned_len(len(toks))
-        while pos < n:  # hot loop: one iteration per node on the path
-            child = node.children.get(self._child_key(node, extra_key, toks, pos))
+        while pos < n:  # hot loop: one iteration per node on the path (_child_key inlined)
+            first = toks[pos] if ps == 1 else toks[pos : pos + ps]
+            child = node.children.get((extra_key, first) if node is root else first)
             if child is None:
                 break
             edge_len = len(child.key)
@@ -152,6 +157,7 @@ class RadixCache(PrefixCache):
             values.append(child.value)
             node, pos = child, pos + c
             break
+        self._touched(node)
         if record:
             self.tokens_queried += len(toks)
             self.tokens_hit += pos
@@ -188,6 +194,7 @@ class RadixCache(PrefixCache):
                 child = self._split(child, c)
             child.last_access = tick
             node, pos = child, pos + c
+        self._touched(node)  # the whole key was cached already
         return pos
 
     # -- locks ---------------------------------------------------------------
@@ -219,7 +226,7 @@ class RadixCache(PrefixCache):
             if node.lock_ref == 0:
                 freed += len(node)
                 if not node.children:
-                    self._leaves.add(node)
+                    self._add_candidate(node)
             node = node.parent  # type: ignore[assignment]
         self._evictable += freed
         self._protected -= freed
@@ -234,18 +241,15 @@ class RadixCache(PrefixCache):
         Returns the number of tokens freed (their slots are back in the pool);
         less than asked when everything unlocked is gone.
         """
-        if num_tokens <= 0 or not self._leaves:
-            return 0
-        heap = [(n.last_access, n.id, n) for n in self._leaves]
-        heapq.heapify(heap)
         freed, values = 0, []
+        heap = self._heap
         while freed < num_tokens and heap:
-            _, _, node = heapq.heappop(heap)
+            stamp, _, node = heapq.heappop(heap)
+            if node not in self._leaves or stamp != node.last_access:
+                continue  # stale: locked, evicted, given children or touched since
             values.append(node.value)
             freed += len(node)
-            parent = self._remove_leaf(node)
-            if parent in self._leaves:  # it just became an unlocked leaf
-                heapq.heappush(heap, (parent.last_access, parent.id, parent))
+            self._remove_leaf(node)  # its parent may become a candidate in turn
         self.pool.free(self._cat(values))
         return freed
 
@@ -284,6 +288,9 @@ class RadixCache(PrefixCache):
         check(evictable == self._evictable, f"evictable {self._evictable} != counted {evictable}")
         check(protected == self._protected, f"protected {self._protected} != counted {protected}")
         check(leaves == self._leaves, "the eviction candidate set is stale")
+        live = {(stamp, node.id) for stamp, _, node in self._heap}
+        fresh = all((n.last_access, n.id) in live for n in leaves)
+        check(fresh, "an eviction candidate has no heap entry at its access time")
         integrity.check_slot_accounting(self.pool, self._cat(values), held_by_requests)
 
     def _check_node(self, node: TreeNode) -> None:
@@ -353,7 +360,7 @@ class RadixCache(PrefixCache):
         leaf = TreeNode(parent, key, value, extra_key, tick)
         self._leaves.discard(parent)  # no longer childless
         parent.children[ckey] = leaf
-        self._leaves.add(leaf)
+        self._add_candidate(leaf)
         self._evictable += len(leaf)
 
     def _remove_leaf(self, node: TreeNode) -> TreeNode:
@@ -364,8 +371,24 @@ class RadixCache(PrefixCache):
         self._leaves.discard(node)
         self._evictable -= len(node)
         if parent is not self.root and not parent.children and parent.lock_ref == 0:
-            self._leaves.add(parent)
+            self._add_candidate(parent)
         return parent
+
+    def _add_candidate(self, node: TreeNode) -> None:
+        """`node` just became an unlocked leaf: record it for eviction."""
+        self._leaves.add(node)
+        heapq.heappush(self._heap, (node.last_access, node.id, node))
+        if len(self._heap) > 2 * len(self._leaves) + 1024:  # too many stale entries
+            self._heap = [(n.last_access, n.id, n) for n in self._leaves]
+            heapq.heapify(self._heap)
+
+    def _touched(self, node: TreeNode) -> None:
+        """`node`'s access time changed: give an eviction candidate a fresh heap entry.
+
+        Only the last node of a path can be a leaf, so callers pass just that one.
+        """
+        if node in self._leaves:
+            heapq.heappush(self._heap, (node.last_access, node.id, node))
 
     def _nodes(self) -> list[TreeNode]:
         """Every non-root node (iterative pre-order)."""

@@ -84,3 +84,57 @@ def test_chunked_prefill_matches_unchunked(engine_factory):
     b = whole.generate(input_ids=prompts, sampling_params=GREEDY)
     assert [x["output_ids"] for x in a] == [x["output_ids"] for x in b]
     assert_clean(chunked)
+
+
+def test_flush_cache_forgets_prefixes(engine_factory):
+    eng = engine_factory("llama")
+    prompt = list(range(100, 140))
+    eng.generate(input_ids=prompt, sampling_params=GREEDY)
+    assert eng.flush_cache() is True
+    assert eng.get_stats()["cached_tree_tokens"] == 0
+    again = eng.generate(input_ids=prompt, sampling_params=GREEDY)
+    assert again["meta_info"]["cached_tokens"] == 0
+    assert_clean(eng)
+
+
+def test_text_prompts_streaming_and_async_agree(engine_factory):
+    import asyncio
+
+    eng = engine_factory("smollm2")
+    params = {"temperature": 0, "max_new_tokens": 10, "ignore_eos": True}
+    whole = eng.generate("hello there", params)
+    chunks = list(eng.generate_stream("hello there", params))
+    assert "".join(c["text_delta"] for c in chunks) == whole["text"] == chunks[-1]["text"]
+    assert [t for c in chunks for t in c["output_ids"]] == whole["output_ids"]
+    assert chunks[-1]["finished"] and chunks[-1]["meta_info"]["finish_reason"]["type"] == "length"
+
+    async def collect() -> str:
+        text = ""
+        async for c in eng.async_generate_stream("hello there", params):
+            text += c["text_delta"]
+        res = await eng.async_generate("hello there", params)
+        assert res["text"] == text
+        return text
+
+    assert asyncio.run(collect()) == whole["text"]
+    assert_clean(eng)
+
+
+def test_bad_options_name_the_field(engine_factory):
+    from radixlm.sampling.params import SamplingParamsError
+
+    eng = engine_factory("llama")
+    with pytest.raises(SamplingParamsError, match="temperature"):
+        eng.generate(input_ids=[1, 2], sampling_params={"temperature": -1})
+    with pytest.raises(SamplingParamsError, match="stop_token_ids"):
+        eng.generate(input_ids=[1, 2], sampling_params={"stop_token_ids": [10**6]})
+    with pytest.raises(TypeError, match="bogus"):
+        eng.generate(input_ids=[1, 2], bogus=True)
+    with pytest.raises(ValueError, match="empty"):
+        eng.generate(input_ids=[], sampling_params={})
+    with pytest.raises(ValueError, match="regex"):
+        eng.generate(input_ids=[1, 2], sampling_params={"regex": "[0-9]+"})
+    with pytest.raises(TypeError, match="unknown engine option"):
+        type(eng)(model="x", not_an_option=1)
+    assert eng.generate(input_ids=[1, 2], sampling_params=GREEDY)["meta_info"]["completion_tokens"]
+    assert_clean(eng)

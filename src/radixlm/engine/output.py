@@ -40,7 +40,9 @@ def _prompts(
     if (prompt is None) == (input_ids is None):
         raise ValueError("give exactly one of prompt (text) and input_ids")
     if input_ids is not None:
-        single = bool(input_ids) and isinstance(input_ids[0], int)
+        if not input_ids:
+            raise ValueError("input_ids: the prompt is empty")
+        single = isinstance(input_ids[0], int)
         batch = [input_ids] if single else input_ids
         return [list(map(int, ids)) for ids in batch], single
     if tokenizer is None:

@@ -56,10 +56,12 @@ def rope_inv_freq(head_dim: int, theta: float, scaling: RopeScaling | None) -> t
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate x [T, H, D] by cos/sin [T, 1, D] (the "rotate half" layout of HF checkpoints)."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + rotated * sin
+    """Rotate x [T, H, D] by cos / signed sin [T, 1, D] (HF's "rotate half" layout).
+
+    rotate_half(x) * sin == roll(x, D/2) * sin_signed, where sin_signed has its
+    first half negated (the model builds it once per forward).
+    """
+    return x * cos + torch.roll(x, x.shape[-1] // 2, dims=-1) * sin
 
 
 class Attention(nn.Module):
@@ -80,10 +82,11 @@ class Attention(nn.Module):
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, ctx: AttentionContext
     ) -> torch.Tensor:
         t = x.shape[0]
-        q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q = apply_rope(q.view(t, self.num_heads, self.head_dim), cos, sin)
-        k = apply_rope(k.view(t, self.num_kv_heads, self.head_dim), cos, sin)
-        v = v.view(t, self.num_kv_heads, self.head_dim)
+        qkv = self.qkv_proj(x).view(t, self.num_heads + 2 * self.num_kv_heads, self.head_dim)
+        rotary_heads = self.num_heads + self.num_kv_heads
+        qk = apply_rope(qkv[:, :rotary_heads], cos, sin)  # q and k rotated in one pass
+        q, k = qk.split([self.num_heads, self.num_kv_heads], dim=1)
+        v = qkv[:, rotary_heads:]
         out = ctx.attend(self.layer_id, q, k, v, self.scale)  # [T, H, D]
         return self.o_proj(out.reshape(t, self.q_size))
 
@@ -161,7 +164,10 @@ class LlamaForCausalLM(nn.Module):
         x = self.embed_tokens(input_ids)  # [T, hidden]
         freqs = positions.to(torch.float32).unsqueeze(1) * self.inv_freq.unsqueeze(0)  # [T, D/2]
         emb = torch.cat((freqs, freqs), dim=-1).unsqueeze(1)  # [T, 1, D]
-        cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+        half = freqs.shape[-1]
+        sin = emb.sin()
+        sin[..., :half].neg_()  # signed: see apply_rope
+        cos, sin = emb.cos().to(x.dtype), sin.to(x.dtype)
         for layer in self.layers:
             x = layer(x, cos, sin, ctx)
         if logits_indices is not None:

@@ -17,8 +17,10 @@ reserved `PAD_SLOT` and are masked out.
 
 Sequences are grouped so that padding wastes little: all index tensors and
 masks are built once per forward in `PagedAttentionMetadata.build`, not per
-layer. The metadata also keeps the CSR form (`qo_indptr`, `kv_indptr`,
-`kv_indices`) that a fused CUDA kernel would consume.
+layer, and the gathered blocks land in a workspace reused across layers and
+forwards (fresh 50 MB tensors per layer cost page faults that doubled decode).
+The metadata also keeps the CSR form (`qo_indptr`, `kv_indptr`, `kv_indices`)
+that a fused CUDA kernel would consume.
 """
 
 from __future__ import annotations
@@ -259,7 +261,8 @@ class GatherWorkspace:
 
     Gathering into fresh tensors costs more than the gather itself on CPU
     (tens of MB of new pages per layer), so every context over the same pool
-    shares one workspace. Contents are scratch: valid only inside one `attend`.
+    shares one workspace. Contents are scratch: valid only inside one `attend`,
+    so run one forward at a time per pool (the engine's loop does).
     """
 
     def __init__(self) -> None:
@@ -349,7 +352,7 @@ class PagedContext(AttentionContext):
         h, d = q.shape[1], q.shape[2]
         hkv = self.metadata.num_kv_heads
         qg = q if g.q_index is None else q.index_select(0, g.q_index)
-        qg = qg.view(g.batch, g.q_len, h, d).transpose(1, 2)  # [b, H, Qmax, D]
+        qg = qg.reshape(g.batch, g.q_len, h, d).transpose(1, 2)  # [b, H, Qmax, D]
         k_buf, v_buf = self.workspace.buffers(g.kv_index.numel(), k_rows)
         torch.index_select(k_rows, 0, g.kv_index, out=k_buf)
         torch.index_select(v_rows, 0, g.kv_index, out=v_buf)

@@ -101,7 +101,7 @@ class KVPool:
     """K/V tensors for `total` usable token slots, and the allocator over them.
 
     `alloc(n)` returns slot indices for n tokens in ceil(n / page_size) fresh
-    pages (each page's slots consecutive, pages in no particular order), or
+    pages (each page's slots consecutive; no promise about page order), or
     None when not enough pages are free. `free(indices)` returns the pages that
     contain `indices`. With `debug=True` every free is checked against an
     allocation mask and a bad free raises `PoolError` (this synchronises with

@@ -17,6 +17,11 @@ How a caller (the scheduler) uses a prefix cache for one request, with `p` =
 The same steps are correct for `ChunkCache` (reuse disabled), whose
 `match_prefix` matches nothing and whose `insert` frees `slots[:aligned]`
 straight back to the pool and returns 0.
+
+With p > 1 the slot list must be paged: each block `slots[j*p:(j+1)*p]` is one
+whole pool page, its slots in order (what `KVPool.alloc` and `match_prefix`
+return). A request that grows one token at a time takes the next slot of its
+last page (`last + 1`) until the page is full, and only then a new page.
 """
 
 from __future__ import annotations

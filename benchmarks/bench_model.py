@@ -8,7 +8,8 @@ dequantized to the chosen dtype) and run in this one process, alternately:
 
 Prints a markdown table of prefill tokens/s (one forward over the prompt) and
 batch-1 decode tokens/s (one token per step through each side's KV cache),
-and the radixlm / transformers ratio. Best of `--repeats` runs for each.
+and the radixlm / transformers ratio. Best of `--repeats` runs for each, the two
+systems taking turns.
 """
 
 from __future__ import annotations
@@ -34,13 +35,15 @@ def load_transformers(path, dtype):
     return model.eval()
 
 
-def best_of(repeats: int, fn) -> float:
-    times = []
+def best_interleaved(repeats: int, fns: dict[str, object]) -> dict[str, float]:
+    """Best time of each function, running them in turn (A, B, A, B, ...) so drift hits both."""
+    best = dict.fromkeys(fns, float("inf"))
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
 
 
 def radixlm_runs(loaded, prompt: torch.Tensor, decode_tokens: int):
@@ -104,12 +107,12 @@ def main() -> None:
     theirs = transformers_runs(ref, prompt, args.decode_tokens)
     for fn in (*ours, *theirs):  # warm-up
         fn()
-    results = {}
-    for name, (prefill, decode) in (("radixlm", ours), ("transformers", theirs)):
-        results[name] = (
-            args.prefill_tokens / best_of(args.repeats, prefill),
-            args.decode_tokens / best_of(args.repeats, decode),
-        )
+    systems = {"radixlm": ours, "transformers": theirs}
+    prefill = best_interleaved(args.repeats, {k: v[0] for k, v in systems.items()})
+    decode = best_interleaved(args.repeats, {k: v[1] for k, v in systems.items()})
+    results = {
+        k: (args.prefill_tokens / prefill[k], args.decode_tokens / decode[k]) for k in systems
+    }
     print(
         f"model {loaded.path.name}, {args.dtype}, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}\n"

@@ -1,18 +1,17 @@
 # Every target shares one install step: a virtualenv in .venv whose stamp file is
-# keyed on pyproject.toml, so re-running with an up-to-date .venv installs nothing.
+# keyed on pyproject.toml (and the torch pin), so re-running with an up-to-date .venv installs nothing.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha1sum | cut -c1-12)
 TORCH  := torch==2.13.0
+STAMP  := $(VENV)/.installed-$(shell (cat pyproject.toml; echo $(TORCH)) | sha1sum | cut -c1-12)
 MODEL  ?= smollm2-135m-instruct
-PORT   ?= 30000
 
 .PHONY: install serve test lint bench clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch first, pinned: the CPU wheel lies on local disk; any other request downloads gigabytes.
@@ -24,7 +23,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $@
 
 serve: install
-	$(BIN)/radixlm serve --model $(MODEL) --port $(PORT)
+	$(BIN)/radixlm serve --model $(MODEL)
 
 test: install
 	$(BIN)/python -m pytest -q tests

@@ -10,7 +10,8 @@ Workloads (token ids drawn from the vocabulary, deterministic from --seed):
 - unique: N prompts of L tokens sharing nothing (the overhead check).
 
 Every configuration runs on the same loaded weights, one after another, on a
-fresh engine (empty cache). Prints a markdown table: wall time, output and
+fresh engine (empty cache); with --repeats N every configuration runs N
+times, in turns, and its fastest run is reported. Prints a markdown table: wall time, output and
 total token throughput, cache hit rate (cached / prompt tokens) and the
 workload's oracle hit rate (the best any cache could do).
 """
@@ -92,6 +93,9 @@ def main() -> None:
     ap.add_argument("--unique-len", type=int, default=512)
     ap.add_argument("--max-total-tokens", type=int, default=60000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--repeats", type=int, default=1, help="run every configuration this many times, in turns"
+    )
     args = ap.parse_args()
 
     loaded = load_model(LoadConfig(model=args.model, dtype=args.dtype), progress=False)
@@ -120,9 +124,15 @@ def main() -> None:
         "| workload | config | wall s | output tok/s | total tok/s | hit rate | oracle | vs off |"
     )
     print("|---|---|---:|---:|---:|---:|---:|---:|")
+    best: dict[int, dict] = {}
+    for _ in range(args.repeats):  # in turns, so machine drift hits every configuration alike
+        for i, (_, prompts, _, opts) in enumerate(configs):
+            r = run(loaded, None, prompts, args.output, **base, **opts)
+            if i not in best or r["wall"] < best[i]["wall"]:
+                best[i] = r
     baseline: dict[str, dict] = {}
-    for workload, prompts, name, opts in configs:
-        r = run(loaded, None, prompts, args.output, **base, **opts)
+    for i, (workload, prompts, name, _) in enumerate(configs):
+        r = best[i]
         ref = baseline.setdefault(workload, r)
         same = "" if r["ids"] == ref["ids"] else " (outputs differ!)"
         print(

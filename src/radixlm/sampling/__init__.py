@@ -1,5 +1,6 @@
 """Sampling: per-request parameters, batched token selection, logprobs."""
 
+from radixlm.sampling.batch import SamplingBatch, seeded_uniform
 from radixlm.sampling.logprobs import gather_logprobs, token_logprobs
 from radixlm.sampling.params import (
     GREEDY_TEMPERATURE_EPS,
@@ -8,13 +9,11 @@ from radixlm.sampling.params import (
 )
 from radixlm.sampling.sampler import (
     SampleOutput,
-    SamplingBatch,
     apply_penalties,
     draw_from_probs,
     filter_probs,
     process_logits,
     sample,
-    seeded_uniform,
 )
 
 __all__ = [

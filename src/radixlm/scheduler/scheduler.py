@@ -21,7 +21,8 @@ from radixlm.executor.model_runner import ForwardItem, ModelRunner
 from radixlm.kvcache.prefix_cache import PrefixCache
 from radixlm.kvcache.radix_cache import RadixCache
 from radixlm.models.llama import LlamaForCausalLM
-from radixlm.sampling.sampler import SamplingBatch, sample
+from radixlm.sampling.batch import SamplingBatch
+from radixlm.sampling.sampler import sample
 from radixlm.scheduler.finisher import Finisher
 from radixlm.scheduler.kv_manager import KVManager
 from radixlm.scheduler.logprob_collector import record_input_logprobs, record_output_logprobs

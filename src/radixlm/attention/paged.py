@@ -34,6 +34,13 @@ import torch.nn.functional as F
 from torch.nn.utils.rnn import pad_sequence
 
 from radixlm.attention.base import AttentionContext
+from radixlm.attention.cascade import (
+    SharedPrefix,
+    attention_lse,
+    build_shared,
+    find_shared_prefixes,
+    merge_partials,
+)
 from radixlm.kvcache.pool import PAD_SLOT, KVPool
 
 # Grouping: a group's padded work (count * Qmax * Lmax) may exceed its real work
@@ -56,6 +63,9 @@ class AttentionGroup:
     out_index: [n] rows of the padded output [b * q_len] that are real tokens,
     t_index:   [n] the flat-batch rows they go to; both None when the group is the
                whole batch in order without padding (the output is used as is).
+    with_lse:  the group holds the own keys of shared-prefix members: attend with
+               `attention_lse` (mask in `hidden`, not `mask`) so the result can be merged.
+    hidden:    [b, 1, q_len, 1, kv_len] bool (True = hidden) for `with_lse` groups, or None.
     """
 
     batch: int
@@ -67,6 +77,8 @@ class AttentionGroup:
     is_causal: bool
     out_index: torch.Tensor | None
     t_index: torch.Tensor | None
+    with_lse: bool = False
+    hidden: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -78,6 +90,9 @@ class PagedAttentionMetadata:
     qo_indptr:  [B + 1] int64 offsets of each sequence's new tokens in the flat batch.
     kv_indptr:  [B + 1] int64 offsets of each sequence's slots in `kv_indices`.
     kv_indices: [sum(seq_lens)] int64 every sequence's slots, concatenated.
+    groups:     padded attention calls; a shared-prefix member appears in one over its
+                own keys [shared_len, seq_len) only.
+    shared:     groups of sequences whose leading cached slots are attended once per group.
     """
 
     prefix_lens: tuple[int, ...]
@@ -90,6 +105,7 @@ class PagedAttentionMetadata:
     kv_indptr: torch.Tensor
     kv_indices: torch.Tensor
     groups: tuple[AttentionGroup, ...]
+    shared: tuple[SharedPrefix, ...] = ()
 
     @property
     def seq_lens(self) -> tuple[int, ...]:
@@ -109,11 +125,15 @@ class PagedAttentionMetadata:
         num_kv_heads: int,
         device: torch.device,
         check: bool = False,
+        cascade: bool = True,
     ) -> PagedAttentionMetadata:
         """Validate the batch description and precompute every index tensor and mask.
 
         With `check`, also verify that each sequence's new slots equal its
         segment of `out_cache_loc` (this reads the tensors: a device sync on CUDA).
+        With `cascade`, attend runs of leading slots shared by several sequences
+        once per group (see `attention.cascade`; detecting them reads the slot
+        tensors: a device sync on CUDA).
         """
         prefix, extend = tuple(map(int, prefix_lens)), tuple(map(int, extend_lens))
         slots = [s.to(device=device, dtype=torch.int64).reshape(-1) for s in seq_slots]
@@ -129,16 +149,11 @@ class PagedAttentionMetadata:
         starts = torch.repeat_interleave(qo_indptr[:-1], ext_t, output_size=t)
         base = torch.repeat_interleave(torch.tensor(prefix, **dev), ext_t, output_size=t)
         positions = base + torch.arange(t, **dev) - starts
-        plan = plan_groups(extend, [p + e for p, e in zip(prefix, extend, strict=True)])
         starts_list = [0]
         for e in extend:
             starts_list.append(starts_list[-1] + e)
-        # One group covering the batch in order with no query padding needs no output scatter.
-        whole = len(plan) == 1 and len(set(extend)) == 1
-        groups = tuple(
-            _build_group(members, slots, prefix, extend, starts_list, num_kv_heads, device, whole)
-            for members in plan
-        )
+        found = find_shared_prefixes(slots, prefix) if cascade else []
+        groups, shared = _plan(slots, prefix, extend, starts_list, found, num_kv_heads, device)
         return cls(
             prefix_lens=prefix,
             extend_lens=extend,
@@ -150,7 +165,46 @@ class PagedAttentionMetadata:
             kv_indptr=kv_indptr,
             kv_indices=torch.cat(slots) if slots else torch.empty(0, **dev),
             groups=groups,
+            shared=shared,
         )
+
+
+def _plan(
+    slots: list[torch.Tensor],
+    prefix: tuple[int, ...],
+    extend: tuple[int, ...],
+    starts: list[int],
+    found: list[tuple[list[int], int]],
+    num_kv_heads: int,
+    device: torch.device,
+) -> tuple[tuple[AttentionGroup, ...], tuple[SharedPrefix, ...]]:
+    """Padded groups and shared-prefix groups of a batch; returns (groups, shared).
+
+    `found`: (members, shared_len) of each shared group. A member of a group
+    sharing C slots is padded like a sequence with slots[C:] and prefix p - C,
+    in groups of their own that return the LSE.
+    """
+    shared = tuple(build_shared(m, c, slots[m[0]], starts, extend, num_kv_heads) for m, c in found)
+    offset = [0] * len(slots)
+    for members, c in found:
+        for i in members:
+            offset[i] = c
+    own = [s[o:] for s, o in zip(slots, offset, strict=True)]
+    own_prefix = tuple(p - o for p, o in zip(prefix, offset, strict=True))
+    in_shared = {i for m, _ in found for i in m}
+    plain = [i for i in range(len(slots)) if i not in in_shared]
+    groups = []
+    for subset, with_lse in ((plain, False), (sorted(in_shared), True)):
+        plan = plan_groups([extend[i] for i in subset], [own_prefix[i] + extend[i] for i in subset])
+        # One plain group covering the batch in order without query padding needs no scatter.
+        whole = not found and len(plan) == 1 and len(set(extend)) == 1
+        for local in plan:
+            members = [subset[j] for j in local]
+            groups.append(
+                _build_group(members, own, own_prefix, extend, starts, num_kv_heads, device,
+                             whole, with_lse)
+            )  # fmt: skip
+    return tuple(groups), shared
 
 
 def _validate(
@@ -210,10 +264,12 @@ def _build_group(
     num_kv_heads: int,
     device: torch.device,
     whole: bool,
+    with_lse: bool = False,
 ) -> AttentionGroup:
     """Index tensors and mask of one group (see AttentionGroup for the shapes).
 
     `whole`: the group is the entire batch in order without query padding.
+    `with_lse`: the group is attended by `attention_lse` (mask as `hidden`, no causal flag).
     """
     dev = dict(device=device, dtype=torch.int64)
     b = len(members)
@@ -229,15 +285,18 @@ def _build_group(
     heads = torch.arange(num_kv_heads, **dev).view(1, num_kv_heads, 1)
     kv_index = (padded.unsqueeze(1) * num_kv_heads + heads).reshape(-1)
     seq_len = pre + ext
-    is_causal = b == 1 and prefix[members[0]] == 0 and q_len > 1
-    mask = None
+    is_causal = not with_lse and b == 1 and prefix[members[0]] == 0 and q_len > 1
+    mask = hidden = None
     uniform = all(prefix[i] + extend[i] == kv_len for i in members)
     if not is_causal and (q_len > 1 or not uniform):
         k_pos = torch.arange(kv_len, **dev).view(1, 1, kv_len)  # [1, 1, Lmax]
         visible = (k_pos <= (pre.view(b, 1, 1) + q_pos.unsqueeze(2))) & (
             k_pos < seq_len.view(b, 1, 1)
         )  # [b, Qmax, Lmax]
-        mask = visible.unsqueeze(1)
+        if with_lse:
+            hidden = (~visible).view(b, 1, q_len, 1, kv_len)
+        else:
+            mask = visible.unsqueeze(1)
     out_index = t_index = None
     if not whole:
         real = (q_pos < ext.unsqueeze(1)).reshape(-1)  # [b * Qmax]
@@ -253,6 +312,8 @@ def _build_group(
         is_causal=is_causal,
         out_index=out_index,
         t_index=t_index,
+        with_lse=with_lse,
+        hidden=hidden,
     )
 
 
@@ -306,12 +367,13 @@ class PagedContext(AttentionContext):
         extend_lens: Sequence[int],
         out_cache_loc: torch.Tensor,
         check: bool = False,
+        cascade: bool = True,
     ) -> None:
         self.pool = pool
         self.workspace = workspace_for(pool)
         self.metadata = PagedAttentionMetadata.build(
             seq_slots, prefix_lens, extend_lens, out_cache_loc,
-            pool.shape.num_kv_heads, pool.device, check,
+            pool.shape.num_kv_heads, pool.device, check, cascade,
         )  # fmt: skip
 
     @property
@@ -334,11 +396,31 @@ class PagedContext(AttentionContext):
         if len(meta.groups) == 1 and meta.groups[0].out_index is None:
             return self._attend_group(meta.groups[0], q, k_rows, v_rows, scale)
         out = q.new_empty(q.shape)
+        # [T, H] LSE of each shared-prefix member's own-key attention (other rows unused)
+        lse = q.new_empty(q.shape[:2], dtype=torch.float32) if meta.shared else None
         for g in meta.groups:
-            o = self._attend_group(g, q, k_rows, v_rows, scale)  # [b * Qmax, H, D]
             assert g.out_index is not None and g.t_index is not None
+            if g.with_lse:
+                assert lse is not None
+                o, g_lse = self._attend_group_lse(g, q, k_rows, v_rows, scale)
+                lse.index_copy_(0, g.t_index, g_lse.index_select(0, g.out_index))
+            else:
+                o = self._attend_group(g, q, k_rows, v_rows, scale)  # [b * Qmax, H, D]
             out.index_copy_(0, g.t_index, o.index_select(0, g.out_index))
+        for sp in meta.shared:
+            assert lse is not None
+            o, s_lse = self._attend_shared(sp, q, k_rows, v_rows, scale)
+            merge_partials(out, lse, sp.t_index, o, s_lse)
         return out
+
+    def _gather(
+        self, kv_index: torch.Tensor, k_rows: torch.Tensor, v_rows: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """K and V rows at `kv_index` into the workspace; returns two [len(kv_index), D] views."""
+        k_buf, v_buf = self.workspace.buffers(kv_index.numel(), k_rows)
+        torch.index_select(k_rows, 0, kv_index, out=k_buf)
+        torch.index_select(v_rows, 0, kv_index, out=v_buf)
+        return k_buf, v_buf
 
     def _attend_group(
         self,
@@ -353,9 +435,7 @@ class PagedContext(AttentionContext):
         hkv = self.metadata.num_kv_heads
         qg = q if g.q_index is None else q.index_select(0, g.q_index)
         qg = qg.reshape(g.batch, g.q_len, h, d).transpose(1, 2)  # [b, H, Qmax, D]
-        k_buf, v_buf = self.workspace.buffers(g.kv_index.numel(), k_rows)
-        torch.index_select(k_rows, 0, g.kv_index, out=k_buf)
-        torch.index_select(v_rows, 0, g.kv_index, out=v_buf)
+        k_buf, v_buf = self._gather(g.kv_index, k_rows, v_rows)
         kg = k_buf.view(g.batch, hkv, g.kv_len, d)  # [b, Hkv, L, D]
         vg = v_buf.view(g.batch, hkv, g.kv_len, d)
         o = F.scaled_dot_product_attention(
@@ -363,3 +443,46 @@ class PagedContext(AttentionContext):
             attn_mask=g.mask, is_causal=g.is_causal, scale=scale, enable_gqa=True,
         )  # fmt: skip
         return o.transpose(1, 2).reshape(g.batch * g.q_len, h, d)
+
+    def _attend_group_lse(
+        self,
+        g: AttentionGroup,
+        q: torch.Tensor,
+        k_rows: torch.Tensor,
+        v_rows: torch.Tensor,
+        scale: float,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Padded attention of one group with its LSE: ([b * Qmax, H, D], [b * Qmax, H] float32)."""
+        h, d = q.shape[1], q.shape[2]
+        hkv = self.metadata.num_kv_heads
+        assert g.q_index is not None
+        qg = q.index_select(0, g.q_index).view(g.batch, g.q_len, hkv, h // hkv, d)
+        qg = qg.permute(0, 2, 1, 3, 4)  # [b, Hkv, Qmax, G, D]
+        k_buf, v_buf = self._gather(g.kv_index, k_rows, v_rows)
+        kg = k_buf.view(g.batch, hkv, g.kv_len, d)  # [b, Hkv, L, D]
+        vg = v_buf.view(g.batch, hkv, g.kv_len, d)
+        o, lse = attention_lse(qg, kg, vg, scale, g.hidden)  # [b, Hkv, Qmax, G, (D)]
+        o = o.permute(0, 2, 1, 3, 4).reshape(g.batch * g.q_len, h, d)
+        return o, lse.permute(0, 2, 1, 3).reshape(g.batch * g.q_len, h)
+
+    def _attend_shared(
+        self,
+        sp: SharedPrefix,
+        q: torch.Tensor,
+        k_rows: torch.Tensor,
+        v_rows: torch.Tensor,
+        scale: float,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """All the group's queries over its shared keys, gathered once (no mask: all visible).
+
+        Returns ([n, H, D], [n, H] float32) for the rows `sp.t_index`.
+        """
+        h, d = q.shape[1], q.shape[2]
+        hkv, n = self.metadata.num_kv_heads, sp.t_index.numel()
+        qs = q.index_select(0, sp.t_index).view(n, hkv, h // hkv, d)
+        qs = qs.permute(1, 0, 2, 3).unsqueeze(0)  # [1, Hkv, n, G, D]
+        k_buf, v_buf = self._gather(sp.kv_index, k_rows, v_rows)
+        ks = k_buf.view(1, hkv, sp.shared_len, d)  # [1, Hkv, C, D]
+        vs = v_buf.view(1, hkv, sp.shared_len, d)
+        o, lse = attention_lse(qs, ks, vs, scale)  # [1, Hkv, n, G, (D)]
+        return o[0].permute(1, 0, 2, 3).reshape(n, h, d), lse[0].permute(1, 0, 2).reshape(n, h)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from radixlm.attention import cascade
-from radixlm.attention.cascade import attention_lse, find_shared_prefixes
+from radixlm.attention.cascade import SharedPrefix, attention_lse, find_shared_prefixes
 from radixlm.attention.paged import PagedContext
 from radixlm.kvcache.pool import KVPool, PoolShape
 
@@ -140,6 +140,17 @@ def test_an_outlier_is_left_out_when_that_saves_more():
     assert all(ctx.metadata.prefix_lens[i] >= sp.shared_len for i in sp.members)
 
 
+def test_shared_runs_of_different_lengths_in_one_call():
+    groups = [
+        (s, [(s, o, e) for o, e in ((0, 1), (3, 1), (5, 2), (1, 1))]) for s in (300, 290, 4000)
+    ]
+    ctx = run_case(groups, seed=6)
+    assert shared_summary(ctx) == [(4, 290), (4, 300), (4, 4000)]
+    batches = sorted(ctx.metadata.shared_batches, key=lambda b: b.batch)
+    assert [(b.batch, b.kv_len) for b in batches] == [(1, 4000), (2, 300)]
+    assert batches[1].hidden is not None
+
+
 def test_short_or_unprofitable_runs_use_the_plain_path():
     assert shared_summary(run_case([(63, [(63, 0, 1)] * 12)])) == []
     assert shared_summary(run_case([(300, [(300, 0, 1)] * 2)])) == []  # saves 300 < 512
@@ -160,7 +171,8 @@ def test_same_first_slot_but_an_early_divergence_is_not_shared(monkeypatch):
     b[10:] += 1000
     assert find_shared_prefixes([a, b], [199, 199]) == []
     c = torch.cat([a[:150], torch.arange(2000, 2049)])
-    assert find_shared_prefixes([a, b, c, a.clone()], [199, 199, 199, 199]) == [([0, 2, 3], 150)]
+    found = find_shared_prefixes([a, b, c, a.clone()], [199, 199, 199, 199])
+    assert found == [SharedPrefix((0, 2, 3), 150)]
 
 
 def test_attention_lse_in_chunks_matches_softmax(monkeypatch):
@@ -182,3 +194,10 @@ def test_attention_lse_in_chunks_matches_softmax(monkeypatch):
         o, lse = attention_lse(q, k, v, 0.3, hidden)
         assert (o - want_o).abs().max().item() <= TOL
         assert (lse - want_lse).abs().max().item() <= TOL
+
+
+def test_plan_shared_batches():
+    assert cascade.plan_shared_batches([1024] * 4) == [[0, 1, 2, 3]]
+    assert cascade.plan_shared_batches([300, 4000, 290]) == [[1], [0, 2]]
+    batches = cascade.plan_shared_batches([64, 5000, 70, 2000, 1990])
+    assert sorted(i for b in batches for i in b) == list(range(5))

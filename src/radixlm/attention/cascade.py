@@ -9,8 +9,9 @@ in plain torch) by up to the group size.
 For a group sharing its first C slots, attention of a member's query splits
 exactly over two disjoint key sets:
 
-- the shared keys [0, C): gathered once as `[1, Hkv, C, D]`, attended by all
-  the group's queries together with no mask. Valid because C is capped at
+- the shared keys [0, C): gathered once as `[Hkv, C, D]`, attended by all
+  the group's queries together with no mask (groups with similar C are
+  batched into one padded call, `SharedBatch`). Valid because C is capped at
   every member's cached prefix length, and a new token at position
   p + j >= p >= C sees every earlier key;
 - the member's own keys [C, seq_len): gathered per member, padded and masked
@@ -35,33 +36,55 @@ from dataclasses import dataclass
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
+from radixlm.kvcache.pool import PAD_SLOT
+
 # A shared run must be at least this many tokens long, ...
 SHARED_MIN_TOKENS = 64
 # ... and (members - 1) * shared_len (tokens gathered once instead of per member) this large.
 SHARED_MIN_SAVED = 512
+# Shared runs batched into one padded call may gather this factor more K/V rows than their
+# total, plus this many (padding costs copy; each call costs a dozen small ops).
+SHARED_PAD_FACTOR = 1.25
+SHARED_PAD_SLACK = 256
 # attention_lse processes queries in chunks whose score block stays under this many elements.
 SCORE_CHUNK_ELEMENTS = 1 << 22
 
 
 @dataclass(frozen=True)
 class SharedPrefix:
-    """Sequences whose first `shared_len` slots are identical; tensors on the pool device.
-
-    members:  sequence indices (ascending) in the flat batch.
-    kv_index: [num_kv_heads * shared_len] rows of a layer's K (or V) viewed as
-              [num_slots * num_kv_heads, head_dim]; head-major, then token.
-    t_index:  [n] flat-batch rows of all the members' new tokens, ascending.
-    """
+    """Sequences `members` (ascending flat-batch indices) whose first `shared_len` slots agree."""
 
     members: tuple[int, ...]
     shared_len: int
+
+
+@dataclass(frozen=True)
+class SharedBatch:
+    """The shared runs of several groups, attended in one padded call; tensors on the pool device.
+
+    Row s of the batch is group s: its queries are all its members' new tokens,
+    its keys its shared run, padded to `kv_len` with the pool's reserved slot.
+    q_index:   [batch * q_len] flat-batch rows of the queries (padding repeats a real row).
+    kv_index:  [batch * num_kv_heads * kv_len] rows of a layer's K (or V) viewed as
+               [num_slots * num_kv_heads, head_dim]; group-major, then head, then token.
+    hidden:    [batch, 1, 1, 1, kv_len] bool, True on padded keys; None when no padding.
+    out_index: [n] rows of the padded output [batch * q_len] that are real tokens,
+    t_index:   [n] the flat-batch rows they go to.
+    """
+
+    batch: int
+    q_len: int
+    kv_len: int
+    q_index: torch.Tensor
     kv_index: torch.Tensor
+    hidden: torch.Tensor | None
+    out_index: torch.Tensor
     t_index: torch.Tensor
 
 
 def find_shared_prefixes(
     slots: Sequence[torch.Tensor], prefix: Sequence[int]
-) -> list[tuple[list[int], int]]:
+) -> list[SharedPrefix]:
     """Groups of sequences that share a leading run of cached slots worth gathering once.
 
     Candidates (cached prefix >= SHARED_MIN_TOKENS) are bucketed by their slots
@@ -69,7 +92,7 @@ def find_shared_prefixes(
     common run with the member of longest prefix is measured on the slot
     tensors, and `_best_subset` keeps the members that maximise the saved
     gather. Members left over are tried again against a new reference.
-    Returns (members ascending, shared_len) pairs; every shared_len is at most
+    Returns the groups, members ascending; every shared_len is at most
     each member's prefix length, so each member keeps >= 1 own key (its new token).
     """
     lo = SHARED_MIN_TOKENS
@@ -89,7 +112,7 @@ def find_shared_prefixes(
             if not chosen:
                 pending = [i for i in pending if i != ref]
                 continue
-            found.append((sorted(chosen), shared_len))
+            found.append(SharedPrefix(tuple(sorted(chosen)), shared_len))
             pending = [i for i in pending if i not in chosen]
     return found
 
@@ -126,20 +149,91 @@ def _best_subset(members: list[int], runs: list[int]) -> tuple[list[int], int]:
     return [members[j] for j in order[:best_n]], runs[order[best_n - 1]]
 
 
-def build_shared(
-    members: list[int],
-    shared_len: int,
-    ref_slots: torch.Tensor,
-    starts: list[int],
+def plan_shared_batches(shared_lens: Sequence[int]) -> list[list[int]]:
+    """Partition shared runs (by length) into padded calls; returns lists of indices.
+
+    Longest first; a batch grows while count * longest <= SHARED_PAD_FACTOR * total
+    + SHARED_PAD_SLACK, so padding adds little gather traffic.
+    """
+    order = sorted(range(len(shared_lens)), key=lambda i: (-shared_lens[i], i))
+    batches: list[list[int]] = []
+    longest = total = 0
+    for i in order:
+        n = shared_lens[i]
+        if batches:
+            count = len(batches[-1]) + 1
+            if count * longest <= SHARED_PAD_FACTOR * (total + n) + SHARED_PAD_SLACK:
+                batches[-1].append(i)
+                total += n
+                continue
+        batches.append([i])
+        longest = total = n
+    return [sorted(b) for b in batches]
+
+
+def build_shared_batch(
+    groups: Sequence[SharedPrefix],
+    slots: Sequence[torch.Tensor],
+    starts: Sequence[int],
     extend: Sequence[int],
     num_kv_heads: int,
-) -> SharedPrefix:
-    """Index tensors of one shared group (see SharedPrefix); `starts[i]`: row of i's first token."""
-    dev = dict(device=ref_slots.device, dtype=torch.int64)
-    heads = torch.arange(num_kv_heads, **dev).view(num_kv_heads, 1)
-    kv_index = (ref_slots[:shared_len].unsqueeze(0) * num_kv_heads + heads).reshape(-1)
-    rows = [r for i in members for r in range(starts[i], starts[i] + extend[i])]
-    return SharedPrefix(tuple(members), shared_len, kv_index, torch.tensor(rows, **dev))
+) -> SharedBatch:
+    """Index tensors of one batch of shared groups (see SharedBatch for the shapes).
+
+    `starts[i]`: flat-batch row of sequence i's first new token.
+    """
+    dev = dict(device=slots[0].device, dtype=torch.int64)
+    rows = [[r for i in g.members for r in range(starts[i], starts[i] + extend[i])] for g in groups]
+    q_len = max(len(r) for r in rows)
+    q_index = torch.tensor([r + [r[-1]] * (q_len - len(r)) for r in rows], **dev)  # [S, Nmax]
+    runs = [slots[g.members[0]][: g.shared_len] for g in groups]
+    padded = pad_sequence(runs, batch_first=True, padding_value=PAD_SLOT)  # [S, Cmax]
+    kv_len = padded.shape[1]
+    heads = torch.arange(num_kv_heads, **dev).view(1, num_kv_heads, 1)
+    kv_index = (padded.unsqueeze(1) * num_kv_heads + heads).reshape(-1)
+    hidden = None
+    if any(g.shared_len != kv_len for g in groups):
+        lens = torch.tensor([g.shared_len for g in groups], **dev)
+        hidden = torch.arange(kv_len, **dev).unsqueeze(0) >= lens.unsqueeze(1)  # [S, Cmax]
+        hidden = hidden.view(len(groups), 1, 1, 1, kv_len)
+    real = [j < len(r) for r in rows for j in range(q_len)]
+    return SharedBatch(
+        batch=len(groups),
+        q_len=q_len,
+        kv_len=kv_len,
+        q_index=q_index.reshape(-1),
+        kv_index=kv_index,
+        hidden=hidden,
+        out_index=torch.nonzero(torch.tensor(real, device=dev["device"])).squeeze(1),
+        t_index=torch.tensor([t for r in rows for t in r], **dev),
+    )
+
+
+def padded_attention_lse(
+    q: torch.Tensor,
+    q_index: torch.Tensor,
+    k_buf: torch.Tensor,
+    v_buf: torch.Tensor,
+    shape: tuple[int, int, int],
+    hidden: torch.Tensor | None,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention of a padded block of queries over a gathered block of keys, with its LSE.
+
+    q: [T, H, D] flat batch; q_index: [b * q_len] its rows in the block; k_buf, v_buf:
+    [b * Hkv * kv_len, D] gathered rows (block-major, head, token); shape: (b, q_len, kv_len);
+    hidden: see `attention_lse`. Returns ([b * q_len, H, D], [b * q_len, H] float32).
+    """
+    b, q_len, kv_len = shape
+    h, d = q.shape[1], q.shape[2]
+    hkv = k_buf.shape[0] // (b * kv_len)
+    qg = q.index_select(0, q_index).view(b, q_len, hkv, h // hkv, d)
+    qg = qg.permute(0, 2, 1, 3, 4)  # [b, Hkv, q_len, G, D]
+    kg = k_buf.view(b, hkv, kv_len, d)  # [b, Hkv, kv_len, D]
+    vg = v_buf.view(b, hkv, kv_len, d)
+    o, lse = attention_lse(qg, kg, vg, scale, hidden)  # [b, Hkv, q_len, G, (D)]
+    o = o.permute(0, 2, 1, 3, 4).reshape(b * q_len, h, d)
+    return o, lse.permute(0, 2, 1, 3).reshape(b * q_len, h)
 
 
 def attention_lse(

@@ -35,11 +35,13 @@ from torch.nn.utils.rnn import pad_sequence
 
 from radixlm.attention.base import AttentionContext
 from radixlm.attention.cascade import (
+    SharedBatch,
     SharedPrefix,
-    attention_lse,
-    build_shared,
+    build_shared_batch,
     find_shared_prefixes,
     merge_partials,
+    padded_attention_lse,
+    plan_shared_batches,
 )
 from radixlm.kvcache.pool import PAD_SLOT, KVPool
 
@@ -92,7 +94,8 @@ class PagedAttentionMetadata:
     kv_indices: [sum(seq_lens)] int64 every sequence's slots, concatenated.
     groups:     padded attention calls; a shared-prefix member appears in one over its
                 own keys [shared_len, seq_len) only.
-    shared:     groups of sequences whose leading cached slots are attended once per group.
+    shared:     groups of sequences whose leading cached slots are attended once per group,
+    shared_batches: their shared runs, batched into padded calls.
     """
 
     prefix_lens: tuple[int, ...]
@@ -106,6 +109,7 @@ class PagedAttentionMetadata:
     kv_indices: torch.Tensor
     groups: tuple[AttentionGroup, ...]
     shared: tuple[SharedPrefix, ...] = ()
+    shared_batches: tuple[SharedBatch, ...] = ()
 
     @property
     def seq_lens(self) -> tuple[int, ...]:
@@ -153,7 +157,13 @@ class PagedAttentionMetadata:
         for e in extend:
             starts_list.append(starts_list[-1] + e)
         found = find_shared_prefixes(slots, prefix) if cascade else []
-        groups, shared = _plan(slots, prefix, extend, starts_list, found, num_kv_heads, device)
+        groups = _plan(slots, prefix, extend, starts_list, found, num_kv_heads, device)
+        # shared runs of similar length share one padded call
+        batches = plan_shared_batches([g.shared_len for g in found])
+        shared_batches = tuple(
+            build_shared_batch([found[j] for j in b], slots, starts_list, extend, num_kv_heads)
+            for b in batches
+        )
         return cls(
             prefix_lens=prefix,
             extend_lens=extend,
@@ -165,7 +175,8 @@ class PagedAttentionMetadata:
             kv_indptr=kv_indptr,
             kv_indices=torch.cat(slots) if slots else torch.empty(0, **dev),
             groups=groups,
-            shared=shared,
+            shared=tuple(found),
+            shared_batches=shared_batches,
         )
 
 
@@ -174,24 +185,23 @@ def _plan(
     prefix: tuple[int, ...],
     extend: tuple[int, ...],
     starts: list[int],
-    found: list[tuple[list[int], int]],
+    found: list[SharedPrefix],
     num_kv_heads: int,
     device: torch.device,
-) -> tuple[tuple[AttentionGroup, ...], tuple[SharedPrefix, ...]]:
-    """Padded groups and shared-prefix groups of a batch; returns (groups, shared).
+) -> tuple[AttentionGroup, ...]:
+    """The padded groups of a batch.
 
-    `found`: (members, shared_len) of each shared group. A member of a group
-    sharing C slots is padded like a sequence with slots[C:] and prefix p - C,
-    in groups of their own that return the LSE.
+    `found`: the shared groups. A member of a group sharing C slots is padded
+    like a sequence with slots[C:] and prefix p - C, in groups of their own
+    that return the LSE.
     """
-    shared = tuple(build_shared(m, c, slots[m[0]], starts, extend, num_kv_heads) for m, c in found)
     offset = [0] * len(slots)
-    for members, c in found:
-        for i in members:
-            offset[i] = c
+    for g in found:
+        for i in g.members:
+            offset[i] = g.shared_len
     own = [s[o:] for s, o in zip(slots, offset, strict=True)]
     own_prefix = tuple(p - o for p, o in zip(prefix, offset, strict=True))
-    in_shared = {i for m, _ in found for i in m}
+    in_shared = {i for g in found for i in g.members}
     plain = [i for i in range(len(slots)) if i not in in_shared]
     groups = []
     for subset, with_lse in ((plain, False), (sorted(in_shared), True)):
@@ -204,7 +214,7 @@ def _plan(
                 _build_group(members, own, own_prefix, extend, starts, num_kv_heads, device,
                              whole, with_lse)
             )  # fmt: skip
-    return tuple(groups), shared
+    return tuple(groups)
 
 
 def _validate(
@@ -402,15 +412,21 @@ class PagedContext(AttentionContext):
             assert g.out_index is not None and g.t_index is not None
             if g.with_lse:
                 assert lse is not None
-                o, g_lse = self._attend_group_lse(g, q, k_rows, v_rows, scale)
+                assert g.q_index is not None
+                k_buf, v_buf = self._gather(g.kv_index, k_rows, v_rows)
+                shape = (g.batch, g.q_len, g.kv_len)
+                o, g_lse = padded_attention_lse(q, g.q_index, k_buf, v_buf, shape, g.hidden, scale)
                 lse.index_copy_(0, g.t_index, g_lse.index_select(0, g.out_index))
             else:
                 o = self._attend_group(g, q, k_rows, v_rows, scale)  # [b * Qmax, H, D]
             out.index_copy_(0, g.t_index, o.index_select(0, g.out_index))
-        for sp in meta.shared:
+        for sb in meta.shared_batches:  # merge in the shared runs' part
             assert lse is not None
-            o, s_lse = self._attend_shared(sp, q, k_rows, v_rows, scale)
-            merge_partials(out, lse, sp.t_index, o, s_lse)
+            k_buf, v_buf = self._gather(sb.kv_index, k_rows, v_rows)
+            shape = (sb.batch, sb.q_len, sb.kv_len)
+            o, s_lse = padded_attention_lse(q, sb.q_index, k_buf, v_buf, shape, sb.hidden, scale)
+            o, s_lse = o.index_select(0, sb.out_index), s_lse.index_select(0, sb.out_index)
+            merge_partials(out, lse, sb.t_index, o, s_lse)
         return out
 
     def _gather(
@@ -443,46 +459,3 @@ class PagedContext(AttentionContext):
             attn_mask=g.mask, is_causal=g.is_causal, scale=scale, enable_gqa=True,
         )  # fmt: skip
         return o.transpose(1, 2).reshape(g.batch * g.q_len, h, d)
-
-    def _attend_group_lse(
-        self,
-        g: AttentionGroup,
-        q: torch.Tensor,
-        k_rows: torch.Tensor,
-        v_rows: torch.Tensor,
-        scale: float,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Padded attention of one group with its LSE: ([b * Qmax, H, D], [b * Qmax, H] float32)."""
-        h, d = q.shape[1], q.shape[2]
-        hkv = self.metadata.num_kv_heads
-        assert g.q_index is not None
-        qg = q.index_select(0, g.q_index).view(g.batch, g.q_len, hkv, h // hkv, d)
-        qg = qg.permute(0, 2, 1, 3, 4)  # [b, Hkv, Qmax, G, D]
-        k_buf, v_buf = self._gather(g.kv_index, k_rows, v_rows)
-        kg = k_buf.view(g.batch, hkv, g.kv_len, d)  # [b, Hkv, L, D]
-        vg = v_buf.view(g.batch, hkv, g.kv_len, d)
-        o, lse = attention_lse(qg, kg, vg, scale, g.hidden)  # [b, Hkv, Qmax, G, (D)]
-        o = o.permute(0, 2, 1, 3, 4).reshape(g.batch * g.q_len, h, d)
-        return o, lse.permute(0, 2, 1, 3).reshape(g.batch * g.q_len, h)
-
-    def _attend_shared(
-        self,
-        sp: SharedPrefix,
-        q: torch.Tensor,
-        k_rows: torch.Tensor,
-        v_rows: torch.Tensor,
-        scale: float,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """All the group's queries over its shared keys, gathered once (no mask: all visible).
-
-        Returns ([n, H, D], [n, H] float32) for the rows `sp.t_index`.
-        """
-        h, d = q.shape[1], q.shape[2]
-        hkv, n = self.metadata.num_kv_heads, sp.t_index.numel()
-        qs = q.index_select(0, sp.t_index).view(n, hkv, h // hkv, d)
-        qs = qs.permute(1, 0, 2, 3).unsqueeze(0)  # [1, Hkv, n, G, D]
-        k_buf, v_buf = self._gather(sp.kv_index, k_rows, v_rows)
-        ks = k_buf.view(1, hkv, sp.shared_len, d)  # [1, Hkv, C, D]
-        vs = v_buf.view(1, hkv, sp.shared_len, d)
-        o, lse = attention_lse(qs, ks, vs, scale)  # [1, Hkv, n, G, (D)]
-        return o[0].permute(1, 0, 2, 3).reshape(n, h, d), lse[0].permute(1, 0, 2).reshape(n, h)

@@ -91,7 +91,8 @@ def find_shared_prefixes(
     at positions 0 and SHARED_MIN_TOKENS - 1; within a bucket, each member's
     common run with the member of longest prefix is measured on the slot
     tensors, and `_best_subset` keeps the members that maximise the saved
-    gather. Members left over are tried again against a new reference.
+    gather. Members left over are tried again against a new reference (after
+    two references in a row that find nothing, the bucket is given up).
     Returns the groups, members ascending; every shared_len is at most
     each member's prefix length, so each member keeps >= 1 own key (its new token).
     """
@@ -105,13 +106,16 @@ def find_shared_prefixes(
         buckets.setdefault((key[0], key[1]), []).append(i)
     found = []
     for pending in buckets.values():
-        while len(pending) >= 2:
+        misses = 0  # a miss drops the reference (it may be an outlier); two end the bucket
+        while len(pending) >= 2 and misses < 2:
             ref = max(pending, key=lambda i: prefix[i])
             runs = _common_runs(slots, prefix, pending, ref)
             chosen, shared_len = _best_subset(pending, runs)
             if not chosen:
                 pending = [i for i in pending if i != ref]
+                misses += 1
                 continue
+            misses = 0
             found.append(SharedPrefix(tuple(sorted(chosen)), shared_len))
             pending = [i for i in pending if i not in chosen]
     return found

@@ -153,6 +153,27 @@ def _best_subset(members: list[int], runs: list[int]) -> tuple[list[int], int]:
     return [members[j] for j in order[:best_n]], runs[order[best_n - 1]]
 
 
+def split_shared(
+    slots: Sequence[torch.Tensor], prefix: Sequence[int], found: Sequence[SharedPrefix]
+) -> tuple[list[torch.Tensor], tuple[int, ...], list[int], list[int]]:
+    """What is left to attend per sequence once the shared runs are taken out.
+
+    A member of a group sharing C slots becomes a sequence with slots[C:] and
+    prefix p - C (C <= p, so it keeps >= 1 key: its first new token's own).
+    Returns (own slots, own prefix lengths, indices of sequences in no group,
+    indices of shared-group members), index lists ascending.
+    """
+    offset = [0] * len(slots)
+    for g in found:
+        for i in g.members:
+            offset[i] = g.shared_len
+    own = [s[o:] for s, o in zip(slots, offset, strict=True)]
+    own_prefix = tuple(p - o for p, o in zip(prefix, offset, strict=True))
+    shared = sorted(i for g in found for i in g.members)
+    in_shared = set(shared)
+    return own, own_prefix, [i for i in range(len(slots)) if i not in in_shared], shared
+
+
 def plan_shared_batches(shared_lens: Sequence[int]) -> list[list[int]]:
     """Partition shared runs (by length) into padded calls; returns lists of indices.
 

@@ -21,6 +21,11 @@ layer, and the gathered blocks land in a workspace reused across layers and
 forwards (fresh 50 MB tensors per layer cost page faults that doubled decode).
 The metadata also keeps the CSR form (`qo_indptr`, `kv_indptr`, `kv_indices`)
 that a fused CUDA kernel would consume.
+
+Sequences that share a long run of leading cached slots (requests the radix
+cache served from one prefix) are attended in two parts, see
+`attention.cascade`: the shared run once per group, each member's own keys in
+padded groups as above, merged exactly by log-sum-exp.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from radixlm.attention.cascade import (
     merge_partials,
     padded_attention_lse,
     plan_shared_batches,
+    split_shared,
 )
 from radixlm.kvcache.pool import PAD_SLOT, KVPool
 
@@ -195,16 +201,9 @@ def _plan(
     like a sequence with slots[C:] and prefix p - C, in groups of their own
     that return the LSE.
     """
-    offset = [0] * len(slots)
-    for g in found:
-        for i in g.members:
-            offset[i] = g.shared_len
-    own = [s[o:] for s, o in zip(slots, offset, strict=True)]
-    own_prefix = tuple(p - o for p, o in zip(prefix, offset, strict=True))
-    in_shared = {i for g in found for i in g.members}
-    plain = [i for i in range(len(slots)) if i not in in_shared]
+    own, own_prefix, plain, members_of_shared = split_shared(slots, prefix, found)
     groups = []
-    for subset, with_lse in ((plain, False), (sorted(in_shared), True)):
+    for subset, with_lse in ((plain, False), (members_of_shared, True)):
         plan = plan_groups([extend[i] for i in subset], [own_prefix[i] + extend[i] for i in subset])
         # One plain group covering the batch in order without query padding needs no scatter.
         whole = not found and len(plan) == 1 and len(set(extend)) == 1

@@ -1,29 +1,53 @@
-"""`radixlm` console entry point: parse flags, dispatch to a subcommand."""
+"""`radixlm` console entry point: parse flags, dispatch to a subcommand.
+
+`radixlm serve` runs the HTTP server (see `radixlm.launch_server`); `radixlm chat`
+and `radixlm generate` talk to the model in the terminal.
+"""
 
 from __future__ import annotations
 
-import logging
+import os
 import sys
 
-from radixlm.server.args import build_parser, chat_config_from_args
+if "serve" in sys.argv[1:4]:
+    # Read by OpenMP when torch loads: idle worker threads sleep instead of spinning, so the
+    # HTTP process and the engine process (which inherits it) do not steal each other's cores.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import logging
+
+from radixlm.server.args import (
+    build_parser,
+    chat_config_from_args,
+    server_config_from_args,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command; return the process exit status."""
     parser = build_parser()
     ns = parser.parse_args(argv)
     logging.basicConfig(
         level=ns.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    if ns.command in ("serve", "generate"):
+    if ns.command == "serve":
         try:
-            cfg = chat_config_from_args(ns)
+            cfg = server_config_from_args(ns)
+        except ValueError as e:
+            parser.error(str(e))
+        from radixlm.launch_server import run_server
+
+        return run_server(cfg)
+    if ns.command in ("chat", "generate"):
+        try:
+            chat_cfg = chat_config_from_args(ns)
         except ValueError as e:
             parser.error(str(e))
         from radixlm.chat import run_chat
         from radixlm.loader import ModelNotFoundError
 
         try:
-            return run_chat(cfg)
+            return run_chat(chat_cfg)
         except (ModelNotFoundError, ValueError) as e:
             print(f"radixlm: error: {e}", file=sys.stderr)
             return 1

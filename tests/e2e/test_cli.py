@@ -6,8 +6,9 @@ import subprocess
 import sys
 
 import pytest
+from e2e.server_process import free_port
 
-from radixlm.server.args import build_parser, chat_config_from_args
+from radixlm.server.args import build_parser, chat_config_from_args, server_config_from_args
 
 
 def _run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
@@ -25,7 +26,7 @@ def test_one_shot_generation_on_tiny_model(tiny_model_factory):
 
 def test_interactive_chat_reads_turns_until_eof(tiny_model_factory):
     model = str(tiny_model_factory("qwen2"))
-    res = _run("serve", "--model", model, "--max-new-tokens", "4", stdin="hi\nagain\n")
+    res = _run("chat", "--model", model, "--max-new-tokens", "4", stdin="hi\nagain\n")
     assert res.returncode == 0, res.stderr
     assert res.stderr.count("generated in") == 2
 
@@ -35,7 +36,7 @@ def test_bad_flags_name_the_flag():
     assert res.returncode == 2
     assert "--temperature" in res.stderr
     with pytest.raises(SystemExit):
-        build_parser().parse_args(["serve", "--dtype", "int3"])
+        build_parser().parse_args(["chat", "--dtype", "int3"])
 
 
 def test_missing_model_is_a_clear_error(tmp_path):
@@ -46,8 +47,25 @@ def test_missing_model_is_a_clear_error(tmp_path):
 
 
 def test_flags_become_frozen_configs():
-    ns = build_parser().parse_args(
-        ["serve", "--top-p", "0.5", "--seed", "3", "--dtype", "bfloat16"]
-    )
+    ns = build_parser().parse_args(["chat", "--top-p", "0.5", "--seed", "3", "--dtype", "bfloat16"])
     cfg = chat_config_from_args(ns)
     assert (cfg.params.top_p, cfg.params.seed, cfg.load.dtype) == (0.5, 3, "bfloat16")
+
+
+def test_serve_flags_become_a_server_config():
+    ns = build_parser().parse_args(
+        ["serve", "--port", "8080", "--max-total-tokens", "1024", "--disable-radix-cache",
+         "--schedule-policy", "fcfs", "--chunked-prefill-size", "64", "--api-key", "k"]
+    )  # fmt: skip
+    cfg = server_config_from_args(ns)
+    assert (cfg.port, cfg.api_key) == (8080, "k")
+    assert cfg.engine["max_total_tokens"] == 1024 and cfg.engine["disable_radix_cache"]
+    assert (cfg.engine["schedule_policy"], cfg.engine["chunked_prefill_size"]) == ("fcfs", 64)
+    with pytest.raises(ValueError, match="--port"):
+        server_config_from_args(build_parser().parse_args(["serve", "--port", "0"]))
+
+
+def test_serve_with_a_missing_model_fails_cleanly(tmp_path):
+    res = _run("serve", "--model", str(tmp_path / "absent"), "--port", str(free_port()))
+    assert res.returncode == 1
+    assert "radixlm: error: no model at" in res.stderr and "Traceback" not in res.stderr

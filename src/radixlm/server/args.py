@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from radixlm.config import LoadConfig
 from radixlm.generation import GenerationParams
@@ -54,11 +55,83 @@ def _add_chat_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--raw", action="store_true", help="do not apply the chat template")
 
 
+@dataclass(frozen=True)
+class ServerConfig:
+    """An HTTP server (OpenAI and SGLang APIs) in front of an engine process."""
+
+    host: str = "127.0.0.1"
+    port: int = 30000
+    api_key: str | None = None
+    served_model_name: str | None = None  # default: the --model value
+    log_level: str = "info"
+    engine: dict[str, Any] = field(default_factory=dict)  # EngineConfig keyword options
+
+
+def add_server_args(p: argparse.ArgumentParser) -> None:
+    """The flags of `radixlm serve` and `python -m radixlm.launch_server`."""
+    _add_model_args(p)
+    g = p.add_argument_group("server")
+    g.add_argument("--host", default="127.0.0.1")
+    g.add_argument("--port", type=int, default=30000)
+    g.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY'")
+    g.add_argument("--served-model-name", default=None, help="model name in the OpenAI API")
+    e = p.add_argument_group("engine")
+    e.add_argument("--max-total-tokens", type=int, default=None, help="KV pool size in tokens")
+    e.add_argument(
+        "--mem-fraction",
+        "--mem-fraction-static",
+        type=float,
+        default=None,
+        help="share of free memory given to the KV pool (when --max-total-tokens is unset)",
+    )
+    e.add_argument("--disable-radix-cache", action="store_true")
+    e.add_argument("--schedule-policy", default="lpm")
+    e.add_argument("--chunked-prefill-size", type=int, default=None)
+    e.add_argument("--max-prefill-tokens", type=int, default=None)
+    e.add_argument("--max-running-requests", type=int, default=None)
+
+
+def server_config_from_args(ns: argparse.Namespace) -> ServerConfig:
+    """Validate parsed server flags into a ServerConfig; raises ValueError naming the flag."""
+    if not 0 < ns.port < 65536:
+        raise ValueError("--port: must be in 1..65535")
+    if ns.max_total_tokens is not None and ns.max_total_tokens < 16:
+        raise ValueError("--max-total-tokens: must be at least 16")
+    if ns.mem_fraction is not None and not 0 < ns.mem_fraction < 1:
+        raise ValueError("--mem-fraction: must be in (0, 1)")
+    engine: dict[str, Any] = {"model": ns.model, "dtype": ns.dtype, "device": ns.device}
+    engine["schedule_policy"] = ns.schedule_policy
+    engine["disable_radix_cache"] = ns.disable_radix_cache
+    for name in ("max_total_tokens", "mem_fraction", "chunked_prefill_size"):
+        if getattr(ns, name) is not None:
+            engine[name] = getattr(ns, name)
+    for name in ("max_prefill_tokens", "max_running_requests"):
+        if getattr(ns, name) is not None:
+            engine[name] = getattr(ns, name)
+    return ServerConfig(
+        host=ns.host,
+        port=ns.port,
+        api_key=ns.api_key,
+        served_model_name=ns.served_model_name,
+        log_level=getattr(ns, "log_level", "info"),
+        engine=engine,
+    )
+
+
+def build_server_parser(prog: str = "radixlm.launch_server") -> argparse.ArgumentParser:
+    """A parser with only the server flags (for `python -m radixlm.launch_server`)."""
+    parser = argparse.ArgumentParser(prog=prog, description="radixlm HTTP server")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    add_server_args(parser)
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="radixlm", description="radixlm LLM engine")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
     sub = parser.add_subparsers(dest="command", required=True)
-    _add_chat_args(sub.add_parser("serve", help="serve the model (terminal chat)"))
+    add_server_args(sub.add_parser("serve", help="serve the OpenAI and SGLang HTTP APIs"))
+    _add_chat_args(sub.add_parser("chat", help="chat with the model in the terminal"))
     _add_chat_args(sub.add_parser("generate", help="one-shot or interactive generation"))
     return parser
 

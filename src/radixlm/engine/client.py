@@ -1,0 +1,122 @@
+"""The HTTP process's side of the engine: send requests, receive chunks, asyncio-friendly.
+
+`EngineClient` connects to the engine process's two sockets. One background
+task reads the outputs socket and routes each message to the queue of its
+request (or the future of its control call). Every coroutine here runs on the
+server's event loop; nothing blocks it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from radixlm.engine.messages import (
+    AbortMsg,
+    ChunkMsg,
+    ControlMsg,
+    ErrorMsg,
+    GenerateMsg,
+    ReplyMsg,
+)
+
+log = logging.getLogger(__name__)
+
+
+class EngineRequestError(ValueError):
+    """The engine refused a request (for instance it can never fit in the KV pool)."""
+
+
+class EngineClient:
+    def __init__(self, in_addr: str, out_addr: str) -> None:
+        self.ctx = zmq.asyncio.Context()
+        self.push = self.ctx.socket(zmq.PUSH)
+        self.push.connect(in_addr)
+        self.pull = self.ctx.socket(zmq.PULL)
+        self.pull.connect(out_addr)
+        self.queues: dict[str, asyncio.Queue[ChunkMsg | ErrorMsg]] = {}
+        self.calls: dict[int, asyncio.Future[Any]] = {}
+        self._cids = itertools.count()
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        """Start routing outputs; call from the running event loop."""
+        self._task = asyncio.get_running_loop().create_task(self._route())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        self.ctx.destroy(linger=1000)  # lets a queued shutdown message reach the engine
+
+    async def _route(self) -> None:
+        while True:
+            try:
+                msgs = await self.pull.recv_pyobj()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("bad message from the engine")
+                continue
+            for m in msgs:
+                if isinstance(m, ReplyMsg):
+                    fut = self.calls.pop(m.cid, None)
+                    if fut is not None and not fut.done():
+                        fut.set_result(m)
+                else:
+                    q = self.queues.get(m.rid)
+                    if q is not None:
+                        q.put_nowait(m)
+
+    async def stream(self, msg: GenerateMsg) -> AsyncIterator[ChunkMsg]:
+        """Submit `msg`; yield its chunks until the finishing one.
+
+        Raises EngineRequestError when the engine refuses it. If the consumer
+        stops early (client gone, task cancelled), the request is aborted.
+        """
+        q: asyncio.Queue[ChunkMsg | ErrorMsg] = asyncio.Queue()
+        self.queues[msg.rid] = q
+        finished = False
+        try:
+            await self.push.send_pyobj(msg)
+            while not finished:
+                item = await q.get()
+                if isinstance(item, ErrorMsg):
+                    finished = True
+                    raise EngineRequestError(item.message)
+                finished = item.finished
+                yield item
+        finally:
+            self.queues.pop(msg.rid, None)
+            if not finished:
+                self.abort_nowait(msg.rid)
+
+    def abort_nowait(self, rid: str | None) -> None:
+        """Ask the engine to abort `rid` (None: all); safe inside cancellation and `finally`."""
+        self.push.send_pyobj(AbortMsg(rid), zmq.NOBLOCK)
+
+    async def call(self, kind: str, timeout: float = 30.0) -> Any:
+        """Run a control call in the engine ("get_stats", "flush_cache", ...); return its result.
+
+        Raises RuntimeError with the engine's message if it failed, TimeoutError if no answer.
+        """
+        cid = next(self._cids)
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.calls[cid] = fut
+        try:
+            await self.push.send_pyobj(ControlMsg(cid, kind))
+            reply: ReplyMsg = await asyncio.wait_for(fut, timeout)
+        finally:
+            self.calls.pop(cid, None)
+        if reply.error is not None:
+            raise RuntimeError(reply.error)
+        return reply.result
+
+    def shutdown_nowait(self) -> None:
+        """Tell the engine to abort everything and exit."""
+        self.push.send_pyobj(ControlMsg(-1, "shutdown"), zmq.NOBLOCK)

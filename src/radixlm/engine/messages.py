@@ -1,0 +1,89 @@
+"""Typed messages between the HTTP process and the engine process (pickled over ZeroMQ).
+
+HTTP -> engine (the "requests" socket): `GenerateMsg`, `AbortMsg`, `ControlMsg`.
+Engine -> HTTP (the "outputs" socket): a list of `ChunkMsg` / `ErrorMsg` / `ReplyMsg`
+per send, so one scheduler step costs one message.
+
+Sampling params travel as the caller's JSON dict (already validated by the HTTP
+process) and are parsed again in the engine: the parsed object is not picklable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class GenerateMsg:
+    """One sequence to generate (n was expanded by the sender: one message per sample)."""
+
+    rid: str
+    input_ids: list[int]
+    sampling_params: dict[str, Any]
+    return_logprob: bool = False
+    logprob_start_len: int = -1
+    top_logprobs_num: int = 0
+    return_text_in_logprobs: bool = False
+
+
+@dataclass
+class AbortMsg:
+    """Abort `rid`, or every request when `rid` is None."""
+
+    rid: str | None = None
+
+
+@dataclass
+class ControlMsg:
+    """A call answered by one `ReplyMsg` with the same `cid`.
+
+    kinds: "get_stats", "flush_cache", "check_integrity", "shutdown" (no reply).
+    """
+
+    cid: int
+    kind: str
+
+
+@dataclass
+class ChunkMsg:
+    """What one scheduler step produced for one request.
+
+    `text_delta` is new text (detokenized in the engine, stop strings trimmed);
+    `new_ids` the new token ids; `meta_info` SGLang's cumulative meta_info;
+    `output_logprobs` / `output_top_logprobs` the entries of `new_ids` only (when logprobs
+    were asked);
+    `final_logprobs` the full logprob fields, on the finishing chunk only.
+    """
+
+    rid: str
+    text_delta: str
+    new_ids: list[int]
+    finished: bool
+    meta_info: dict[str, Any]
+    output_logprobs: list[list[Any]] | None = None
+    output_top_logprobs: list[list[list[Any]]] | None = None
+    final_logprobs: dict[str, Any] | None = None
+
+
+@dataclass
+class ErrorMsg:
+    """The engine refused request `rid` (e.g. it can never fit); `message` says why."""
+
+    rid: str
+    message: str
+
+
+@dataclass
+class ReplyMsg:
+    cid: int
+    result: Any = None
+    error: str | None = None
+
+
+@dataclass
+class ReadyMsg:
+    """Sent once over the start-up pipe: what was loaded, or why loading failed."""
+
+    error: str | None = None
+    info: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,173 @@
+"""SGLang's native routes: /generate, /health, /get_model_info, /get_server_info, ..."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+import radixlm
+from radixlm.server.errors import ApiError, error_body
+from radixlm.server.generation import LogprobOptions, collect, collect_all, merged, plan
+from radixlm.server.protocol import AbortRequest, GenerateRequest
+from radixlm.server.state import ServerState
+
+router = APIRouter()
+
+
+def sse(obj: Any) -> str:
+    """One server-sent event carrying `obj` as JSON."""
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+
+def _state(request: Request) -> ServerState:
+    return request.app.state.server
+
+
+def _prompts(state: ServerState, body: GenerateRequest) -> tuple[list[list[int]], bool, str]:
+    """Token ids of every prompt, whether a single one was sent, and the field it came in."""
+    if (body.text is None) == (body.input_ids is None):
+        raise ApiError(400, "give exactly one of text and input_ids", param="text")
+    if body.text is not None:
+        single = isinstance(body.text, str)
+        texts = [body.text] if single else body.text
+        if not texts:
+            raise ApiError(400, "text: the list of prompts is empty", param="text")
+        return [state.tokenizer.encode(t) for t in texts], single, "text"
+    ids = body.input_ids or []
+    single = not ids or isinstance(ids[0], int)
+    batch = [ids] if single else ids
+    vocab = int(state.info["vocab_size"])
+    if any(not 0 <= t < vocab for seq in batch for t in seq):
+        raise ApiError(400, f"input_ids: token ids must be in [0, {vocab})", param="input_ids")
+    return batch, single, "input_ids"
+
+
+def _per_prompt(value: Any, n: int, field: str, kind: type) -> list[Any]:
+    """`value` once per prompt: a list must have one entry each, a single value is repeated."""
+    if isinstance(value, list):
+        if len(value) != n:
+            raise ApiError(400, f"{field}: one entry per prompt ({n})", param=field)
+        return value
+    if value is not None and not isinstance(value, kind):
+        raise ApiError(400, f"{field}: wrong type", param=field)
+    if field == "rid" and value is not None and n > 1:
+        raise ApiError(400, "rid: give a list with one rid per prompt", param="rid")
+    return [value] * n
+
+
+@router.post("/generate")
+async def generate(request: Request, body: GenerateRequest) -> Response:
+    """SGLang's /generate: a result object (a list for a list input), or an SSE stream."""
+    state = _state(request)
+    client = state.engine()
+    prompts, single, param = _prompts(state, body)
+    sampling = _per_prompt(body.sampling_params, len(prompts), "sampling_params", dict)
+    rids = _per_prompt(body.rid, len(prompts), "rid", str)
+    lp = LogprobOptions(
+        return_logprob=bool(body.return_logprob),
+        logprob_start_len=-1 if body.logprob_start_len is None else body.logprob_start_len,
+        top_logprobs_num=body.top_logprobs_num or 0,
+        return_text_in_logprobs=bool(body.return_text_in_logprobs),
+    )
+    msgs = plan(state, prompts, [s or {} for s in sampling], rids, lp, param)
+    if body.stream:
+        return StreamingResponse(_stream(state, msgs), media_type="text/event-stream")
+    results = await collect_all(client, msgs)
+    return JSONResponse(results[0] if single and len(results) == 1 else results)
+
+
+async def _stream(state: ServerState, msgs: list) -> AsyncIterator[str]:
+    """SSE events with cumulative text and ids per request (tagged `index` for batches)."""
+    text = [""] * len(msgs)
+    ids: list[list[int]] = [[] for _ in msgs]
+    async for i, chunk in merged(state.engine(), msgs):
+        if isinstance(chunk, ApiError):
+            yield sse(error_body(chunk.message, chunk.type, chunk.param) | {"index": i})
+            continue
+        text[i] += chunk.text_delta
+        ids[i] += chunk.new_ids
+        meta = dict(chunk.meta_info)
+        if chunk.output_logprobs is not None:
+            meta["output_token_logprobs"] = chunk.output_logprobs
+        if chunk.final_logprobs is not None:
+            meta |= {k: v for k, v in chunk.final_logprobs.items() if "output" not in k}
+        out = {"text": text[i], "output_ids": list(ids[i]), "meta_info": meta}
+        if len(msgs) > 1:
+            out["index"] = i
+        yield sse(out)
+    yield "data: [DONE]\n\n"
+
+
+@router.get("/health")
+async def health(request: Request) -> Response:
+    """200 while serving; 503 while starting, stopping, or if the engine died."""
+    state = _state(request)
+    state.engine()
+    return Response(status_code=200)
+
+
+@router.get("/health_generate")
+async def health_generate(request: Request) -> Response:
+    """200 after a one-token generation succeeds; 503 if it does not within 20 s."""
+    state = _state(request)
+    client = state.engine()
+    ids = state.tokenizer.encode("hi") or [0]
+    msgs = plan(state, [ids], [{"max_new_tokens": 1}], [None], LogprobOptions(), "text")
+    try:
+        await asyncio.wait_for(collect(client, msgs[0]), 20)
+    except TimeoutError:
+        raise ApiError(503, "the engine did not answer a one-token request in 20 s") from None
+    return Response(status_code=200)
+
+
+@router.get("/get_model_info")
+async def get_model_info(request: Request) -> dict[str, Any]:
+    """`{"model_path", "tokenizer_path", "is_generation"}` plus the served name."""
+    state = _state(request)
+    path = state.info["model_path"]
+    return {
+        "model_path": path,
+        "tokenizer_path": path,
+        "is_generation": True,
+        "served_model_name": state.model_name,
+    }
+
+
+@router.get("/get_server_info")
+@router.get("/server_info")
+async def get_server_info(request: Request) -> dict[str, Any]:
+    """The server's configuration, the model, and the engine's live statistics."""
+    state = _state(request)
+    stats = await state.engine().call("get_stats")
+    return {
+        **state.cfg.engine,
+        "host": state.cfg.host,
+        "port": state.cfg.port,
+        "served_model_name": state.model_name,
+        **state.info,
+        "engine_pid": state.info["pid"],
+        "version": radixlm.__version__,
+        **stats,
+    }
+
+
+@router.post("/flush_cache")
+async def flush_cache(request: Request) -> dict[str, Any]:
+    """Empty the prefix cache; 400 while requests are in flight."""
+    if not await _state(request).engine().call("flush_cache"):
+        raise ApiError(400, "cannot flush the cache while requests are queued or running")
+    return {"success": True, "message": "the prefix cache was flushed"}
+
+
+@router.post("/abort_request")
+async def abort_request(request: Request, body: AbortRequest) -> dict[str, Any]:
+    """Abort request `rid` (and its n samples), or every request with `abort_all`."""
+    if body.rid is None and not body.abort_all:
+        raise ApiError(400, "give rid or abort_all: true", param="rid")
+    _state(request).engine().abort_nowait(None if body.abort_all else body.rid)
+    return {"success": True}

@@ -1,0 +1,228 @@
+"""OpenAI-compatible routes: /v1/models, /v1/completions, /v1/chat/completions."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from radixlm.engine.messages import GenerateMsg
+from radixlm.server.errors import ApiError, error_body
+from radixlm.server.generation import LogprobOptions, collect_all, merged, plan
+from radixlm.server.native_api import sse
+from radixlm.server.openai_format import (
+    chat_logprobs,
+    completion_logprobs,
+    finish_reason,
+    usage,
+)
+from radixlm.server.protocol import ChatCompletionRequest, CompletionRequest, _OpenAISampling
+from radixlm.server.state import ServerState
+from radixlm.tokenizer import ChatTemplateError
+
+router = APIRouter()
+
+# SGLang sampling field -> the OpenAI request field, for error messages.
+FIELD_NAMES = {"max_new_tokens": "max_tokens", "min_new_tokens": "min_tokens", "seed": "seed"}
+
+
+def _sampling(body: _OpenAISampling, max_new_tokens: int) -> dict[str, Any]:
+    """SGLang sampling params from an OpenAI body (None means the default)."""
+    return {
+        "max_new_tokens": max_new_tokens,
+        "min_new_tokens": body.min_tokens,
+        "n": body.n,
+        "temperature": body.temperature,
+        "top_p": body.top_p,
+        "top_k": body.top_k,
+        "min_p": body.min_p,
+        "presence_penalty": body.presence_penalty,
+        "frequency_penalty": body.frequency_penalty,
+        "repetition_penalty": body.repetition_penalty,
+        "stop": body.stop,
+        "stop_token_ids": body.stop_token_ids,
+        "seed": body.seed,
+        "logit_bias": body.logit_bias,
+        "ignore_eos": body.ignore_eos,
+        "skip_special_tokens": body.skip_special_tokens,
+    }
+
+
+def _max_tokens(state: ServerState, requested: int | None, prompts: list[list[int]]) -> int:
+    """`requested`, or by default all the room the longest prompt leaves."""
+    if requested is not None:
+        return requested
+    return max(state.max_request_tokens - max(len(p) for p in prompts), 0)
+
+
+@router.get("/v1/models")
+async def list_models(request: Request) -> dict[str, Any]:
+    """The one served model, in OpenAI's list shape."""
+    state: ServerState = request.app.state.server
+    return {
+        "object": "list",
+        "data": [
+            {
+                "id": state.model_name,
+                "object": "model",
+                "created": int(state.started_at),
+                "owned_by": "radixlm",
+                "root": state.info["model_path"],
+                "max_model_len": state.max_request_tokens,
+            }
+        ],
+    }
+
+
+def _completion_prompts(state: ServerState, prompt: Any) -> list[list[int]]:
+    """Token ids of each prompt in a completions request; 400 for an empty one."""
+    if isinstance(prompt, str):
+        prompt = [prompt]
+    if not prompt:
+        raise ApiError(400, "prompt: the prompt is empty", param="prompt")
+    if isinstance(prompt[0], int):
+        prompt = [prompt]
+    out = []
+    vocab = int(state.info["vocab_size"])
+    for p in prompt:
+        if isinstance(p, str):
+            if not p:
+                raise ApiError(400, "prompt: the prompt is empty", param="prompt")
+            out.append(state.tokenizer.encode(p))
+        else:
+            if any(not 0 <= t < vocab for t in p):
+                raise ApiError(400, f"prompt: token ids must be in [0, {vocab})", param="prompt")
+            out.append(list(p))
+    return out
+
+
+@router.post("/v1/completions")
+async def completions(request: Request, body: CompletionRequest) -> Response:
+    """OpenAI text completions: one choice per prompt and sample, or an SSE stream."""
+    state: ServerState = request.app.state.server
+    client = state.engine()
+    state.check_model(body.model)
+    if body.echo:
+        raise ApiError(400, "echo: not supported", param="echo")
+    if body.suffix:
+        raise ApiError(400, "suffix: not supported", param="suffix")
+    prompts = _completion_prompts(state, body.prompt)
+    sp = _sampling(body, _max_tokens(state, body.max_tokens, prompts))
+    lp = LogprobOptions(
+        return_logprob=body.logprobs is not None,
+        top_logprobs_num=body.logprobs or 0,
+        return_text_in_logprobs=True,
+    )
+    msgs = plan(state, prompts, [sp] * len(prompts), [None] * len(prompts), lp, "prompt",
+                FIELD_NAMES)  # fmt: skip
+    rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+    head = {"id": rid, "object": "text_completion", "created": created, "model": state.model_name}
+    if body.stream:
+        events = _stream(state, msgs, head, body, chat=False)
+        return StreamingResponse(events, media_type="text/event-stream")
+    results = await collect_all(client, msgs)
+    choices = [
+        {
+            "index": i,
+            "text": r["text"],
+            "logprobs": completion_logprobs(r["meta_info"]) if lp.return_logprob else None,
+            "finish_reason": finish_reason(r["meta_info"]),
+        }
+        for i, r in enumerate(results)
+    ]
+    return JSONResponse({**head, "choices": choices, "usage": usage(results, body.n)})
+
+
+def _chat_prompt(state: ServerState, body: ChatCompletionRequest) -> list[int]:
+    """The prompt ids the chat template makes of the messages; 400 when it cannot."""
+    messages = []
+    for i, m in enumerate(body.messages):
+        content = m.content
+        if isinstance(content, list):
+            parts = []
+            for part in content:
+                if part.get("type") != "text" or not isinstance(part.get("text"), str):
+                    raise ApiError(400, f"messages.{i}.content: only text parts are supported",
+                                   param=f"messages.{i}.content")  # fmt: skip
+                parts.append(part["text"])
+            content = "".join(parts)
+        messages.append({"role": m.role, "content": content or ""})
+    try:
+        return state.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+    except ChatTemplateError as e:
+        raise ApiError(400, str(e), param="messages") from None
+    except Exception as e:  # the template itself raised (e.g. roles out of order)
+        raise ApiError(400, f"messages: the chat template failed: {e}", param="messages") from None
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request, body: ChatCompletionRequest) -> Response:
+    """OpenAI chat completions with the model's chat template applied."""
+    state: ServerState = request.app.state.server
+    client = state.engine()
+    state.check_model(body.model)
+    if body.response_format is not None and body.response_format.type != "text":
+        raise ApiError(400, "response_format: structured output is not supported yet",
+                       param="response_format")  # fmt: skip
+    ids = _chat_prompt(state, body)
+    requested = body.max_completion_tokens or body.max_tokens
+    sp = _sampling(body, _max_tokens(state, requested, [ids]))
+    lp = LogprobOptions(
+        return_logprob=body.logprobs,
+        top_logprobs_num=(body.top_logprobs or 0) if body.logprobs else 0,
+        return_text_in_logprobs=True,
+    )
+    msgs = plan(state, [ids], [sp], [None], lp, "messages", FIELD_NAMES)
+    rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+    head = {"id": rid, "object": "chat.completion", "created": created, "model": state.model_name}
+    if body.stream:
+        head["object"] = "chat.completion.chunk"
+        events = _stream(state, msgs, head, body, chat=True)
+        return StreamingResponse(events, media_type="text/event-stream")
+    results = await collect_all(client, msgs)
+    choices = [
+        {
+            "index": i,
+            "message": {"role": "assistant", "content": r["text"]},
+            "logprobs": chat_logprobs(r["meta_info"]) if lp.return_logprob else None,
+            "finish_reason": finish_reason(r["meta_info"]),
+        }
+        for i, r in enumerate(results)
+    ]
+    return JSONResponse({**head, "choices": choices, "usage": usage(results, body.n)})
+
+
+async def _stream(
+    state: ServerState, msgs: list[GenerateMsg], head: dict, body: _OpenAISampling, chat: bool
+) -> AsyncIterator[str]:
+    """SSE chunks in OpenAI's streaming shape, then usage if asked, then `[DONE]`."""
+    if chat:
+        for i in range(len(msgs)):
+            choice = {"index": i, "delta": {"role": "assistant", "content": ""},
+                      "logprobs": None, "finish_reason": None}  # fmt: skip
+            yield sse({**head, "choices": [choice]})
+    finals: list[dict[str, Any]] = [{} for _ in msgs]
+    async for i, chunk in merged(state.engine(), msgs):
+        if isinstance(chunk, ApiError):
+            yield sse(error_body(chunk.message, chunk.type, chunk.param))
+            continue
+        meta = chunk.meta_info
+        finals[i] = {"meta_info": meta}
+        lp_meta = {"output_token_logprobs": chunk.output_logprobs or [],
+                   "output_top_logprobs": chunk.output_top_logprobs}  # fmt: skip
+        choice: dict[str, Any] = {"index": i, "finish_reason": finish_reason(meta)}
+        if chat:
+            choice["delta"] = {"content": chunk.text_delta}
+            choice["logprobs"] = chat_logprobs(lp_meta) if msgs[i].return_logprob else None
+        else:
+            choice["text"] = chunk.text_delta
+            logprobs = completion_logprobs(lp_meta) if msgs[i].return_logprob else None
+            choice["logprobs"] = logprobs
+        yield sse({**head, "choices": [choice]})
+    if body.stream_options is not None and body.stream_options.include_usage:
+        yield sse({**head, "choices": [], "usage": usage([f for f in finals if f], body.n)})
+    yield "data: [DONE]\n\n"

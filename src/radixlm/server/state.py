@@ -1,0 +1,78 @@
+"""What every route shares: config, model info, tokenizer, the engine client."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from radixlm.engine.client import EngineClient
+from radixlm.server.args import ServerConfig
+from radixlm.server.errors import ApiError
+from radixlm.tokenizer import Tokenizer
+
+
+class ServerState:
+    """Lives as long as the server. `client` exists between start-up and shutdown."""
+
+    def __init__(
+        self,
+        cfg: ServerConfig,
+        info: dict[str, Any],
+        tokenizer: Tokenizer,
+        in_addr: str,
+        out_addr: str,
+        engine_proc: Any = None,
+    ) -> None:
+        self.cfg = cfg
+        self.info = info
+        self.tokenizer = tokenizer
+        self.in_addr, self.out_addr = in_addr, out_addr
+        self.engine_proc = engine_proc
+        self.client: EngineClient | None = None
+        self.ready = False
+        self.started_at = time.time()
+        self.model_name = cfg.served_model_name or cfg.engine.get("model") or info["model_path"]
+
+    @property
+    def max_request_tokens(self) -> int:
+        """The most tokens (prompt + output) one request may hold."""
+        return int(self.info["max_request_tokens"])
+
+    def engine(self) -> EngineClient:
+        """The engine client; raises ApiError 503 while starting, stopping, or if it died."""
+        if not self.ready or self.client is None or not self.engine_alive():
+            raise ApiError(503, "the server is not ready", "service_unavailable")
+        return self.client
+
+    def engine_alive(self) -> bool:
+        return self.engine_proc is None or self.engine_proc.is_alive()
+
+    def check_model(self, name: str | None) -> None:
+        """Raise ApiError 404 unless `name` is this server's model (or its path, or unset)."""
+        if name is None or name in (self.model_name, self.info["model_path"], "default"):
+            return
+        if Path(name).name == Path(self.info["model_path"]).name:
+            return
+        raise ApiError(
+            404,
+            f"the model {name!r} does not exist; this server serves {self.model_name!r}",
+            "invalid_request_error",
+            param="model",
+            code="model_not_found",
+        )
+
+    def check_length(self, ids: list[int], max_new_tokens: int, param: str) -> None:
+        """Raise ApiError 400 for an empty prompt or one that can never fit with its output."""
+        if not ids:
+            raise ApiError(400, f"{param}: the prompt is empty", param=param)
+        need = len(ids) + max_new_tokens
+        if need > self.max_request_tokens:
+            raise ApiError(
+                400,
+                f"{param}: the prompt ({len(ids)} tokens) plus max new tokens "
+                f"({max_new_tokens}) is {need} tokens, more than this server's limit of "
+                f"{self.max_request_tokens}",
+                param=param,
+                code="context_length_exceeded",
+            )

@@ -1,0 +1,47 @@
+"""A real server subprocess on a free loopback port, serving a tiny model."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+
+import httpx
+import pytest
+from e2e.server_process import Server, free_port, pid_alive, start_server, stop_server
+
+
+def run_server(model: str, argv: list[str], sig: int):
+    """Start a server with `argv` (+ model and port), yield it, stop it with `sig`.
+
+    On the way out: the exit is clean, the banner said where it listened and the
+    KV capacity, and the engine process is gone.
+    """
+    port = free_port()
+    cmd = [sys.executable, "-m", *argv, "--model", model, "--port", str(port),
+           "--max-total-tokens", "4096"]  # fmt: skip
+    proc = start_server(cmd, port)
+    url = f"http://127.0.0.1:{port}"
+    engine_pid = httpx.get(f"{url}/get_server_info").json()["engine_pid"]
+    yield Server(url, proc, model)
+    assert stop_server(proc, sig) in (0, 128 + sig)  # a clean exit, or the signal's status
+    out = proc.stdout.read()
+    assert f"at http://127.0.0.1:{port}" in out and "KV pool 4096 tokens" in out
+    deadline = time.monotonic() + 10
+    while pid_alive(engine_pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not pid_alive(engine_pid), "the engine process outlived the server"
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_factory):
+    """`python -m radixlm.launch_server` on the tiny llama model, stopped with SIGTERM."""
+    argv = ["radixlm.launch_server", "--log-level", "warning"]
+    yield from run_server(str(tiny_model_factory("llama")), argv, signal.SIGTERM)
+
+
+@pytest.fixture(scope="module")
+def cli_server(tiny_model_factory):
+    """`radixlm serve` on the tiny llama model, stopped with SIGINT (Ctrl-C)."""
+    argv = ["radixlm.cli", "--log-level", "warning", "serve"]
+    yield from run_server(str(tiny_model_factory("llama")), argv, signal.SIGINT)

@@ -30,13 +30,11 @@ padded groups as above, merged exactly by log-sum-exp.
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch.nn.utils.rnn import pad_sequence
 
 from radixlm.attention.base import AttentionContext
 from radixlm.attention.cascade import (
@@ -49,44 +47,9 @@ from radixlm.attention.cascade import (
     plan_shared_batches,
     split_shared,
 )
-from radixlm.kvcache.pool import PAD_SLOT, KVPool
-
-# Grouping: a group's padded work (count * Qmax * Lmax) may exceed its real work
-# (sum q_i * l_i) by this factor plus this many query-key pairs.
-PAD_WASTE_FACTOR = 1.5
-PAD_WASTE_SLACK = 16384
-
-
-@dataclass(frozen=True)
-class AttentionGroup:
-    """Sequences attended by one padded SDPA call; all tensors on the pool device.
-
-    q_index:   [b * q_len] flat-batch rows gathered into the padded queries
-               (padding rows repeat a real row of the same sequence); None when
-               the queries are the flat batch as is.
-    kv_index:  [b * num_kv_heads * kv_len] rows of a layer's K (or V) viewed as
-               [num_slots * num_kv_heads, head_dim]; sequence-major, then head, then token.
-    mask:      [b, 1, q_len, kv_len] bool (True = attend), or None when no mask is needed.
-    is_causal: use SDPA's own causal mask instead (one sequence, no prefix).
-    out_index: [n] rows of the padded output [b * q_len] that are real tokens,
-    t_index:   [n] the flat-batch rows they go to; both None when the group is the
-               whole batch in order without padding (the output is used as is).
-    with_lse:  the group holds the own keys of shared-prefix members: attend with
-               `attention_lse` (mask in `hidden`, not `mask`) so the result can be merged.
-    hidden:    [b, 1, q_len, 1, kv_len] bool (True = hidden) for `with_lse` groups, or None.
-    """
-
-    batch: int
-    q_len: int
-    kv_len: int
-    q_index: torch.Tensor | None
-    kv_index: torch.Tensor
-    mask: torch.Tensor | None
-    is_causal: bool
-    out_index: torch.Tensor | None
-    t_index: torch.Tensor | None
-    with_lse: bool = False
-    hidden: torch.Tensor | None = None
+from radixlm.attention.groups import AttentionGroup, build_group, plan_groups
+from radixlm.attention.workspace import workspace_for
+from radixlm.kvcache.pool import KVPool
 
 
 @dataclass(frozen=True)
@@ -210,7 +173,7 @@ def _plan(
         for local in plan:
             members = [subset[j] for j in local]
             groups.append(
-                _build_group(members, own, own_prefix, extend, starts, num_kv_heads, device,
+                build_group(members, own, own_prefix, extend, starts, num_kv_heads, device,
                              whole, with_lse)
             )  # fmt: skip
     return tuple(groups)
@@ -238,126 +201,6 @@ def _validate(
         new = torch.cat([s[p:] for s, p in zip(slots, prefix, strict=True)])
         if not torch.equal(new, out_cache_loc):
             raise ValueError("seq_slots' new tokens disagree with out_cache_loc")
-
-
-def plan_groups(q_lens: Sequence[int], kv_lens: Sequence[int]) -> list[list[int]]:
-    """Partition sequences into groups that one padded SDPA call each can serve.
-
-    Sequences are taken longest first (by new tokens, then context); a group
-    grows while its padded work stays within PAD_WASTE_FACTOR of its real
-    work plus PAD_WASTE_SLACK. Returns lists of sequence indices.
-    """
-    order = sorted(range(len(q_lens)), key=lambda i: (-q_lens[i], -kv_lens[i], i))
-    groups: list[list[int]] = []
-    qmax = kvmax = real = 0
-    for i in order:
-        q, kv = q_lens[i], kv_lens[i]
-        if groups:
-            count = len(groups[-1]) + 1
-            padded = count * max(qmax, q) * max(kvmax, kv)
-            if padded <= PAD_WASTE_FACTOR * (real + q * kv) + PAD_WASTE_SLACK:
-                groups[-1].append(i)
-                qmax, kvmax, real = max(qmax, q), max(kvmax, kv), real + q * kv
-                continue
-        groups.append([i])
-        qmax, kvmax, real = q, kv, q * kv
-    return [sorted(g) for g in groups]
-
-
-def _build_group(
-    members: list[int],
-    slots: list[torch.Tensor],
-    prefix: tuple[int, ...],
-    extend: tuple[int, ...],
-    starts: list[int],
-    num_kv_heads: int,
-    device: torch.device,
-    whole: bool,
-    with_lse: bool = False,
-) -> AttentionGroup:
-    """Index tensors and mask of one group (see AttentionGroup for the shapes).
-
-    `whole`: the group is the entire batch in order without query padding.
-    `with_lse`: the group is attended by `attention_lse` (mask as `hidden`, no causal flag).
-    """
-    dev = dict(device=device, dtype=torch.int64)
-    b = len(members)
-    pre = torch.tensor([prefix[i] for i in members], **dev)  # [b]
-    ext = torch.tensor([extend[i] for i in members], **dev)  # [b]
-    start = torch.tensor([starts[i] for i in members], **dev)  # [b]
-    q_len = max(extend[i] for i in members)
-    kv_len = max(prefix[i] + extend[i] for i in members)
-    q_pos = torch.arange(q_len, **dev).unsqueeze(0)  # [1, Qmax]
-    q_index = start.unsqueeze(1) + torch.minimum(q_pos, ext.unsqueeze(1) - 1)  # [b, Qmax]
-    # [b, Lmax] slots, padded with the reserved slot, then one row per (seq, head, token)
-    padded = pad_sequence([slots[i] for i in members], batch_first=True, padding_value=PAD_SLOT)
-    heads = torch.arange(num_kv_heads, **dev).view(1, num_kv_heads, 1)
-    kv_index = (padded.unsqueeze(1) * num_kv_heads + heads).reshape(-1)
-    seq_len = pre + ext
-    is_causal = not with_lse and b == 1 and prefix[members[0]] == 0 and q_len > 1
-    mask = hidden = None
-    uniform = all(prefix[i] + extend[i] == kv_len for i in members)
-    if not is_causal and (q_len > 1 or not uniform):
-        k_pos = torch.arange(kv_len, **dev).view(1, 1, kv_len)  # [1, 1, Lmax]
-        visible = (k_pos <= (pre.view(b, 1, 1) + q_pos.unsqueeze(2))) & (
-            k_pos < seq_len.view(b, 1, 1)
-        )  # [b, Qmax, Lmax]
-        if with_lse:
-            hidden = (~visible).view(b, 1, q_len, 1, kv_len)
-        else:
-            mask = visible.unsqueeze(1)
-    out_index = t_index = None
-    if not whole:
-        real = (q_pos < ext.unsqueeze(1)).reshape(-1)  # [b * Qmax]
-        out_index = torch.nonzero(real).squeeze(1)
-        t_index = (start.unsqueeze(1) + q_pos).reshape(-1)[real]
-    return AttentionGroup(
-        batch=b,
-        q_len=q_len,
-        kv_len=kv_len,
-        q_index=None if whole else q_index.reshape(-1),
-        kv_index=kv_index,
-        mask=mask,
-        is_causal=is_causal,
-        out_index=out_index,
-        t_index=t_index,
-        with_lse=with_lse,
-        hidden=hidden,
-    )
-
-
-class GatherWorkspace:
-    """Reusable buffers for the gathered K/V of a forward, grown on demand.
-
-    Gathering into fresh tensors costs more than the gather itself on CPU
-    (tens of MB of new pages per layer), so every context over the same pool
-    shares one workspace. Contents are scratch: valid only inside one `attend`,
-    so run one forward at a time per pool (the engine's loop does).
-    """
-
-    def __init__(self) -> None:
-        self._k: torch.Tensor | None = None
-        self._v: torch.Tensor | None = None
-
-    def buffers(self, rows: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Two [rows, like.shape[1]] tensors of like's dtype and device (views of the buffers)."""
-        width = like.shape[1]
-        if self._k is None or self._k.dtype != like.dtype or self._k.numel() < rows * width:
-            self._k = like.new_empty(rows * width)
-            self._v = like.new_empty(rows * width)
-        assert self._v is not None
-        return self._k[: rows * width].view(rows, width), self._v[: rows * width].view(rows, width)
-
-
-_WORKSPACES: weakref.WeakKeyDictionary[KVPool, GatherWorkspace] = weakref.WeakKeyDictionary()
-
-
-def workspace_for(pool: KVPool) -> GatherWorkspace:
-    """The gather workspace shared by every context over `pool`."""
-    ws = _WORKSPACES.get(pool)
-    if ws is None:
-        ws = _WORKSPACES[pool] = GatherWorkspace()
-    return ws
 
 
 class PagedContext(AttentionContext):

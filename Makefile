@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 serve: install
-	$(BIN)/radixlm serve --model $(MODEL)
+	$(BIN)/radixlm serve --model $(MODEL) --host 127.0.0.1 --port 30000
 
 test: install
 	$(BIN)/python -m pytest -q tests

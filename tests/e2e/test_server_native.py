@@ -127,5 +127,5 @@ def test_health_answers_fast_while_the_engine_is_busy(server):
     time.sleep(0.5)
     start = time.perf_counter()
     assert httpx.get(f"{server.url}/health").status_code == 200
-    assert time.perf_counter() - start < 1.0
+    assert time.perf_counter() - start < 2.0
     t.join()

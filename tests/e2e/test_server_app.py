@@ -1,0 +1,43 @@
+"""The app's guards (API key, body size, content type) in-process, without an engine."""
+
+from __future__ import annotations
+
+from fastapi.testclient import TestClient
+
+from radixlm.server.args import ServerConfig
+from radixlm.server.http_server import MAX_BODY_BYTES, create_app
+from radixlm.server.state import ServerState
+
+INFO = {"model_path": "tiny", "max_request_tokens": 512, "vocab_size": 384, "pid": 0}
+
+
+def _client(tmp_path, api_key=None) -> TestClient:
+    cfg = ServerConfig(api_key=api_key, engine={"model": "tiny"})
+    addr = f"ipc://{tmp_path}/absent"
+    return TestClient(create_app(ServerState(cfg, INFO, None, addr, addr)))
+
+
+def test_api_key_is_required_except_for_health(tmp_path):
+    with _client(tmp_path, api_key="secret") as c:
+        res = c.get("/v1/models")
+        assert res.status_code == 401 and res.json()["error"]["type"] == "authentication_error"
+        assert c.get("/v1/models", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        ok = c.get("/v1/models", headers={"Authorization": "Bearer secret"})
+        assert ok.status_code == 200 and ok.json()["data"][0]["id"] == "tiny"
+        assert c.get("/health").status_code == 200
+
+
+def test_oversized_body_is_a_413_and_unknown_route_a_404(tmp_path):
+    with _client(tmp_path) as c:
+        headers = {"content-length": str(MAX_BODY_BYTES + 1)}
+        res = c.post("/generate", content=b"{}", headers=headers)
+        assert res.status_code == 413 and "error" in res.json()
+        res = c.get("/no/such/route")
+        assert res.status_code == 404 and res.json()["error"]["message"]
+
+
+def test_json_bodies_are_read_whatever_their_content_type(tmp_path):
+    with _client(tmp_path) as c:
+        res = c.post("/abort_request", content=b'{"rid": "x"}',
+                     headers={"content-type": "application/x-www-form-urlencoded"})  # fmt: skip
+        assert res.status_code == 200

@@ -8,7 +8,14 @@ import time
 
 import httpx
 import pytest
-from e2e.server_process import Server, free_port, pid_alive, start_server, stop_server
+from e2e.server_process import (
+    Server,
+    free_port,
+    pid_alive,
+    read_log,
+    start_server,
+    stop_server,
+)
 
 
 def run_server(model: str, argv: list[str], sig: int):
@@ -25,7 +32,7 @@ def run_server(model: str, argv: list[str], sig: int):
     engine_pid = httpx.get(f"{url}/get_server_info").json()["engine_pid"]
     yield Server(url, proc, model)
     assert stop_server(proc, sig) in (0, 128 + sig)  # a clean exit, or the signal's status
-    out = proc.stdout.read()
+    out = read_log(proc)
     assert f"at http://127.0.0.1:{port}" in out and "KV pool 4096 tokens" in out
     deadline = time.monotonic() + 10
     while pid_alive(engine_pid) and time.monotonic() < deadline:

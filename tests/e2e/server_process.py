@@ -6,6 +6,7 @@ import os
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 
@@ -26,12 +27,18 @@ class Server:
 
 
 def start_server(cmd: list[str], port: int, timeout: float = 90.0) -> subprocess.Popen:
-    """Start `cmd` and wait until GET /health answers 200; returns the process."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    """Start `cmd` and wait until GET /health answers 200; returns the process.
+
+    Its output goes to a temporary file (read it with `read_log`), never to a
+    pipe nobody drains, which would block a chatty server.
+    """
+    log = tempfile.TemporaryFile("w+")  # noqa: SIM115 (closed with the process)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True)
+    proc.log_file = log  # type: ignore[attr-defined]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"the server exited early:\n{proc.stdout.read()}")
+            raise RuntimeError(f"the server exited early:\n{read_log(proc)}")
         try:
             if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
                 return proc
@@ -39,7 +46,15 @@ def start_server(cmd: list[str], port: int, timeout: float = 90.0) -> subprocess
             pass
         time.sleep(0.3)
     proc.kill()
-    raise RuntimeError(f"the server did not become healthy:\n{proc.stdout.read()}")
+    raise RuntimeError(f"the server did not become healthy:\n{read_log(proc)}")
+
+
+def read_log(proc: subprocess.Popen) -> str:
+    """Everything the server printed so far."""
+    log = proc.log_file  # type: ignore[attr-defined]
+    log.flush()
+    log.seek(0)
+    return log.read()
 
 
 def pid_alive(pid: int) -> bool:

@@ -148,26 +148,7 @@ class Engine:
     def get_stats(self) -> dict[str, Any]:
         """Cache hit rate (in prompt tokens), token usage, running and waiting counts."""
 
-        def read() -> dict[str, Any]:
-            s = self.scheduler
-            pool, cache = s.kv.pool, s.kv.cache
-            used = pool.total - pool.available_size() - cache.evictable_size
-            return {
-                "cache_hit_rate": s.stats.hit_rate,
-                "prompt_tokens": s.stats.prompt_tokens,
-                "cached_tokens": s.stats.cached_tokens,
-                "prefill_tokens": s.stats.prefill_tokens,
-                "generated_tokens": s.stats.generated_tokens,
-                "decode_steps": s.stats.decode_steps,
-                "retractions": s.stats.retractions,
-                "num_running_reqs": len(s.running) + (1 if s.chunked else 0),
-                "num_waiting_reqs": len(s.waiting),
-                "token_usage": used / pool.total,
-                "cached_tree_tokens": cache.total_size,
-                "max_total_tokens": pool.total,
-            }
-
-        return self._call(read)
+        return self._call(self.scheduler.stats_snapshot)
 
     def shutdown(self) -> None:
         """Stop the loop thread; requests still in flight are aborted."""

@@ -105,6 +105,22 @@ def expand_requests(
     return reqs, single
 
 
+def request_meta(r: Req) -> dict[str, Any]:
+    """SGLang's `meta_info` counts for a request, as of now (finish_reason None while running)."""
+    now = r.finished_at or time.perf_counter()
+    meta: dict[str, Any] = {
+        "id": r.rid,
+        "finish_reason": r.finish_reason.to_dict() if r.finish_reason else None,
+        "prompt_tokens": len(r.input_ids),
+        "completion_tokens": len(r.output_ids),
+        "cached_tokens": r.cached_tokens,
+        "e2e_latency": now - r.created_at,
+    }
+    if r.first_token_at is not None:
+        meta["ttft"] = r.first_token_at - r.created_at
+    return meta
+
+
 class RequestHandle:
     """The caller's side of one request: a queue of step outputs, and the result builder."""
 
@@ -164,19 +180,7 @@ class RequestHandle:
         return {"text": self.text, "output_ids": list(self.req.output_ids), "meta_info": meta}
 
     def meta_info(self) -> dict[str, Any]:
-        r = self.req
-        now = r.finished_at or time.perf_counter()
-        meta: dict[str, Any] = {
-            "id": r.rid,
-            "finish_reason": r.finish_reason.to_dict() if r.finish_reason else None,
-            "prompt_tokens": len(r.input_ids),
-            "completion_tokens": len(r.output_ids),
-            "cached_tokens": r.cached_tokens,
-            "e2e_latency": now - r.created_at,
-        }
-        if r.first_token_at is not None:
-            meta["ttft"] = r.first_token_at - r.created_at
-        return meta
+        return request_meta(self.req)
 
     def logprob_meta(self) -> dict[str, Any]:
         r = self.req

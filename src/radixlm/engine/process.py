@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import time
 from typing import Any
 
 import zmq
@@ -34,6 +33,7 @@ from radixlm.engine.messages import (
     ReadyMsg,
     ReplyMsg,
 )
+from radixlm.engine.output import request_meta
 from radixlm.engine.setup import Runtime, build_runtime
 from radixlm.sampling.params import SamplingParams
 from radixlm.scheduler.request import Req
@@ -42,27 +42,6 @@ from radixlm.scheduler.scheduler import StepOutput
 log = logging.getLogger(__name__)
 
 IDLE_POLL_MS = 200
-
-
-def scheduler_stats(rt: Runtime) -> dict[str, Any]:
-    """Cache hit rate, token counts, KV usage, running and waiting requests."""
-    s = rt.scheduler
-    pool, cache = s.kv.pool, s.kv.cache
-    used = pool.total - pool.available_size() - cache.evictable_size
-    return {
-        "cache_hit_rate": s.stats.hit_rate,
-        "prompt_tokens": s.stats.prompt_tokens,
-        "cached_tokens": s.stats.cached_tokens,
-        "prefill_tokens": s.stats.prefill_tokens,
-        "generated_tokens": s.stats.generated_tokens,
-        "decode_steps": s.stats.decode_steps,
-        "retractions": s.stats.retractions,
-        "num_running_reqs": len(s.running) + (1 if s.chunked else 0),
-        "num_waiting_reqs": len(s.waiting),
-        "token_usage": used / pool.total,
-        "cached_tree_tokens": cache.total_size,
-        "max_total_tokens": pool.total,
-    }
 
 
 def model_info(rt: Runtime) -> dict[str, Any]:
@@ -176,7 +155,10 @@ class EngineLoop:
                     self.sched.abort(rid)
                 return []
             if msg.kind == "get_stats":
-                result: Any = {**scheduler_stats(self.rt), "integrity_error": self.integrity_error}
+                result: Any = {
+                    **self.sched.stats_snapshot(),
+                    "integrity_error": self.integrity_error,
+                }
             elif msg.kind == "flush_cache":
                 result = self.sched.flush_cache()
             elif msg.kind == "check_integrity":
@@ -200,14 +182,7 @@ class EngineLoop:
 
     def _chunk(self, out: StepOutput) -> ChunkMsg:
         r = out.req
-        meta: dict[str, Any] = {
-            "id": r.rid,
-            "finish_reason": r.finish_reason.to_dict() if r.finish_reason else None,
-            "prompt_tokens": len(r.input_ids),
-            "completion_tokens": len(r.output_ids),
-            "cached_tokens": r.cached_tokens,
-            "e2e_latency": (r.finished_at or time.perf_counter()) - r.created_at,
-        }
+        meta = request_meta(r)
         chunk = ChunkMsg(r.rid, out.text, list(out.new_ids), out.finished, meta)
         if r.return_logprob:
             start = self.sent_lp.get(r.rid, 0)

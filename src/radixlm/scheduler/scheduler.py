@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -267,6 +268,26 @@ class Scheduler:
             return False
         self.kv.cache.reset()
         return True
+
+    def stats_snapshot(self) -> dict[str, Any]:
+        """Cache hit rate (in prompt tokens), token counts, KV usage, running and waiting counts."""
+        pool, cache = self.kv.pool, self.kv.cache
+        used = pool.total - pool.available_size() - cache.evictable_size
+        st = self.stats
+        return {
+            "cache_hit_rate": st.hit_rate,
+            "prompt_tokens": st.prompt_tokens,
+            "cached_tokens": st.cached_tokens,
+            "prefill_tokens": st.prefill_tokens,
+            "generated_tokens": st.generated_tokens,
+            "decode_steps": st.decode_steps,
+            "retractions": st.retractions,
+            "num_running_reqs": len(self.running) + (1 if self.chunked else 0),
+            "num_waiting_reqs": len(self.waiting),
+            "token_usage": used / pool.total,
+            "cached_tree_tokens": cache.total_size,
+            "max_total_tokens": pool.total,
+        }
 
     def check_integrity(self) -> None:
         """Raise IntegrityError unless free + cached + held by running requests == total."""

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers.reference import full_logits, tokens
 
 from radixlm.attention import cascade
-from radixlm.attention.dense import DenseContext, DenseKVCache
 from radixlm.attention.paged import PagedContext
 from radixlm.config import LoadConfig
 from radixlm.kvcache.pool import KVPool
@@ -26,18 +26,6 @@ TOL = 1e-4
 def loaded(request, tiny_model_factory) -> LoadedModel:
     path = tiny_model_factory(request.param)
     return load_model(LoadConfig(model=str(path), dtype="float32", device="cpu"), progress=False)
-
-
-def tokens(n: int, seed: int, vocab: int) -> list[int]:
-    return torch.randint(3, vocab, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
-
-
-def full_logits(loaded: LoadedModel, ids: list[int]) -> torch.Tensor:
-    """[len(ids), vocab] logits of one dense forward over the whole sequence."""
-    cache = DenseKVCache(loaded.config, len(ids), loaded.dtype, loaded.device)
-    return loaded.model(
-        torch.tensor(ids), torch.arange(len(ids)), DenseContext([cache], [len(ids)])
-    )
 
 
 def paged_forward(loaded, pool, seq_slots, prefix_lens, new_ids):

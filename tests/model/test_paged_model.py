@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers.reference import full_logits, tokens
 
-from radixlm.attention.dense import DenseContext, DenseKVCache
 from radixlm.attention.paged import PagedContext
 from radixlm.config import LoadConfig
 from radixlm.kvcache.pool import KVPool
@@ -24,17 +24,6 @@ TOL = 1e-4
 def loaded(request, tiny_model_factory) -> LoadedModel:
     path = tiny_model_factory(request.param)
     return load_model(LoadConfig(model=str(path), dtype="float32", device="cpu"), progress=False)
-
-
-def tokens(n: int, seed: int, vocab: int) -> list[int]:
-    return torch.randint(3, vocab, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
-
-
-def full_logits(loaded: LoadedModel, ids: list[int]) -> torch.Tensor:
-    """[len(ids), vocab] logits of one dense forward over the whole sequence."""
-    cache = DenseKVCache(loaded.config, len(ids), loaded.dtype, loaded.device)
-    ctx = DenseContext([cache], [len(ids)])
-    return loaded.model(torch.tensor(ids), torch.arange(len(ids)), ctx)
 
 
 def scattered_pool(loaded: LoadedModel, total: int = 256, seed: int = 0) -> KVPool:

@@ -10,23 +10,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers.reference import reference_attention
 
 from radixlm.attention.paged import PagedAttentionMetadata, PagedContext, plan_groups
 from radixlm.kvcache.pool import PAD_SLOT, KVPool, PoolShape
 
 D = 16
-
-
-def reference(q, k, v, prefix_len, scale):
-    """q [n, H, D] over k, v [p + n, Hkv, D]: bottom-right causal, GQA by repeating heads."""
-    groups = q.shape[1] // k.shape[1]
-    k = k.repeat_interleave(groups, dim=1).double()
-    v = v.repeat_interleave(groups, dim=1).double()
-    scores = torch.einsum("qhd,khd->hqk", q.double(), k) * scale
-    n, total = q.shape[0], k.shape[0]
-    allowed = torch.arange(total).unsqueeze(0) <= torch.arange(n).unsqueeze(1) + prefix_len
-    scores = scores.masked_fill(~allowed, float("-inf"))
-    return torch.einsum("hqk,khd->qhd", scores.softmax(-1), v).float()
 
 
 def scenario(prefix_lens, extend_lens, num_heads, num_kv_heads, seed=0):
@@ -64,7 +53,7 @@ def assert_matches_reference(prefix_lens, extend_lens, num_heads=4, num_kv_heads
     assert out.shape == (sum(extend_lens), num_heads, D)
     at = 0
     for (_, k, v, q), p, e in zip(seqs, prefix_lens, extend_lens, strict=True):
-        expected = reference(q, k, v, p, scale)
+        expected = reference_attention(q, k, v, p, scale)
         assert (out[at : at + e] - expected).abs().max().item() <= 1e-5
         at += e
     return ctx

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers.reference import reference_attention
 
 from radixlm.attention import cascade
 from radixlm.attention.cascade import SharedPrefix, attention_lse, find_shared_prefixes
@@ -18,18 +19,6 @@ from radixlm.kvcache.pool import KVPool, PoolShape
 
 D = 16
 TOL = 1e-5
-
-
-def reference(q, k, v, prefix_len, scale):
-    """q [n, H, D] over k, v [p + n, Hkv, D]: bottom-right causal, GQA by repeating heads."""
-    groups = q.shape[1] // k.shape[1]
-    k = k.repeat_interleave(groups, dim=1).double()
-    v = v.repeat_interleave(groups, dim=1).double()
-    scores = torch.einsum("qhd,khd->hqk", q.double(), k) * scale
-    n, total = q.shape[0], k.shape[0]
-    allowed = torch.arange(total).unsqueeze(0) <= torch.arange(n).unsqueeze(1) + prefix_len
-    scores = scores.masked_fill(~allowed, float("-inf"))
-    return torch.einsum("hqk,khd->qhd", scores.softmax(-1), v).float()
 
 
 def run_case(groups, num_heads=6, num_kv_heads=2, seed=0):
@@ -85,7 +74,9 @@ def run_case(groups, num_heads=6, num_kv_heads=2, seed=0):
     at = 0
     for _, k, v, q_i, p in seqs:
         n = q_i.shape[0]
-        assert (out[at : at + n] - reference(q_i, k, v, p, scale)).abs().max().item() <= TOL
+        assert (
+            out[at : at + n] - reference_attention(q_i, k, v, p, scale)
+        ).abs().max().item() <= TOL
         at += n
     return ctx
 

@@ -15,7 +15,6 @@ import atexit
 import logging
 import queue
 import threading
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Future
 from typing import Any
@@ -100,7 +99,8 @@ class Engine:
         """
         handles, _ = self._submit(prompt, input_ids, sampling_params, request_options)
         if len(handles) != 1:
-            self.abort_all(handles)
+            for h in handles:
+                self.abort(h.rid)
             raise ValueError("streaming takes one prompt with n = 1")
         handle = handles[0]
         try:
@@ -132,10 +132,6 @@ class Engine:
     def abort(self, rid: str) -> None:
         """Abort request `rid` (queued or running); its result says finish_reason abort."""
         self._call(lambda: self.scheduler.abort(rid), wait=False)
-
-    def abort_all(self, handles: list[RequestHandle]) -> None:
-        for h in handles:
-            self.abort(h.rid)
 
     def flush_cache(self) -> bool:
         """Drop every cached prefix; False (and nothing done) while requests are in flight."""
@@ -246,7 +242,3 @@ class Engine:
         for h in list(self._handles.values()):
             h.fail(error)
         self._handles.clear()
-
-
-def new_rid() -> str:
-    return uuid.uuid4().hex

@@ -17,12 +17,10 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
-import time
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from timing import interleaved
 
 from radixlm.attention.cascade import attention_lse
 from radixlm.attention.paged import PagedContext
@@ -37,19 +35,6 @@ def _config() -> ModelConfig:
         architecture="llama", vocab_size=49152, hidden_size=HQ * HEAD_DIM,
         intermediate_size=1536, num_layers=1, num_heads=HQ, num_kv_heads=HKV, head_dim=HEAD_DIM,
     )  # fmt: skip
-
-
-def interleaved(fns: dict[str, Callable[[], object]], repeat: int) -> dict[str, float]:
-    """Median seconds per call of each function, timed in alternating rounds."""
-    for fn in fns.values():
-        fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeat):
-        for name, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t)
-    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def decode_batch(

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import argparse
 import platform
-import time
 
 import torch
+from timing import interleaved
 
 from radixlm.attention.dense import DenseContext, DenseKVCache
 from radixlm.config import LoadConfig
@@ -33,17 +33,6 @@ def load_transformers(path, dtype):
     else:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     return model.eval()
-
-
-def best_interleaved(repeats: int, fns: dict[str, object]) -> dict[str, float]:
-    """Best time of each function, running them in turn (A, B, A, B, ...) so drift hits both."""
-    best = dict.fromkeys(fns, float("inf"))
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            best[name] = min(best[name], time.perf_counter() - start)
-    return best
 
 
 def radixlm_runs(loaded, prompt: torch.Tensor, decode_tokens: int):
@@ -105,11 +94,9 @@ def main() -> None:
 
     ours = radixlm_runs(loaded, prompt, args.decode_tokens)
     theirs = transformers_runs(ref, prompt, args.decode_tokens)
-    for fn in (*ours, *theirs):  # warm-up
-        fn()
     systems = {"radixlm": ours, "transformers": theirs}
-    prefill = best_interleaved(args.repeats, {k: v[0] for k, v in systems.items()})
-    decode = best_interleaved(args.repeats, {k: v[1] for k, v in systems.items()})
+    prefill = interleaved({k: v[0] for k, v in systems.items()}, args.repeats, reduce=min)
+    decode = interleaved({k: v[1] for k, v in systems.items()}, args.repeats, reduce=min)
     results = {
         k: (args.prefill_tokens / prefill[k], args.decode_tokens / decode[k]) for k in systems
     }

@@ -28,6 +28,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
+from timing import interleaved
 
 from radixlm.attention.dense import DenseContext, DenseKVCache
 from radixlm.attention.paged import PagedContext
@@ -216,20 +217,6 @@ def _dense_caches(lens: list[int], extra: int, dtype, device) -> list[DenseKVCac
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
-
-
-def interleaved(fns: dict[str, Callable[[], object]], repeat: int) -> dict[str, float]:
-    """Median seconds per call of each function, timed in alternating rounds so that
-    drifts in machine load hit every contender alike."""
-    for fn in fns.values():
-        fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeat):
-        for name, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t)
-    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def bench_case(name, prefix_lens, extend_lens, dtype, device, repeat, rows) -> None:

@@ -12,7 +12,12 @@ token boundaries, so a streamed text could not equal the decoded whole.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
+import os
+import shutil
+import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +29,8 @@ from radixlm.detokenizer import (
     TextStream,
     truncate_at_stop,
 )
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "ChatTemplateError",
@@ -208,9 +215,7 @@ def load_tokenizer(path: Path | str, extra_eos_token_ids: Iterable[int] = ()) ->
     path = Path(path).expanduser()
     extra = list(extra_eos_token_ids)
     if path.is_file() and path.suffix == ".gguf":
-        hf = AutoTokenizer.from_pretrained(
-            str(path.parent), gguf_file=path.name, local_files_only=True
-        )
+        hf = _gguf_tokenizer(path)
     elif path.is_dir():
         hf = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
         extra.extend(_generation_config_eos_ids(path))
@@ -219,6 +224,64 @@ def load_tokenizer(path: Path | str, extra_eos_token_ids: Iterable[int] = ()) ->
             f"no tokenizer at {path}: expected a model directory or a .gguf file"
         )
     return Tokenizer(hf, extra)
+
+
+def _tokenizer_cache_dir(gguf_path: Path) -> Path | None:
+    """Where the converted tokenizer of `gguf_path` is kept; None when caching is off.
+
+    Building a tokenizer from a GGUF file parses its whole vocabulary (seconds);
+    the converted tokenizer is saved once under `$RADIXLM_CACHE_DIR` (default
+    `$XDG_CACHE_HOME/radixlm`, else `~/.cache/radixlm`; an empty value turns
+    caching off), keyed by the file's path, size and mtime and the transformers
+    version, so a changed file or library gets a fresh conversion.
+    """
+    import transformers
+
+    root = os.environ.get("RADIXLM_CACHE_DIR")
+    if root == "":
+        return None
+    if root is None:
+        xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        root = str(Path(xdg) / "radixlm")
+    st = gguf_path.stat()
+    ident = f"{gguf_path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{transformers.__version__}"
+    key = hashlib.sha1(ident.encode()).hexdigest()[:16]
+    return Path(root) / "tokenizers" / f"{gguf_path.stem}-{key}"
+
+
+def _gguf_tokenizer(path: Path) -> Any:
+    """transformers' tokenizer for a GGUF file, converted once and then read from the cache."""
+    from transformers import AutoTokenizer
+
+    cache = _tokenizer_cache_dir(path)
+    if cache is not None and (cache / "tokenizer_config.json").is_file():
+        try:
+            return AutoTokenizer.from_pretrained(str(cache), local_files_only=True)
+        except (OSError, ValueError) as e:  # a damaged entry: convert again
+            log.warning("ignoring tokenizer cache %s: %s", cache, e)
+    hf = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name, local_files_only=True)
+    if cache is not None:
+        _save_atomically(hf, cache)
+    return hf
+
+
+def _save_atomically(hf: Any, target: Path) -> None:
+    """Save tokenizer `hf` as directory `target` (temp dir + rename); failures only warn.
+
+    The rename is atomic, so a concurrent loader sees a whole entry or none;
+    when another process renamed first, its entry stays.
+    """
+    tmp = None
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
+        hf.save_pretrained(str(tmp))
+        os.replace(tmp, target)
+    except OSError as e:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if not target.is_dir():
+            log.warning("could not cache the tokenizer in %s: %s", target, e)
 
 
 def _generation_config_eos_ids(model_dir: Path) -> list[int]:

@@ -116,3 +116,29 @@ def test_reply_stream_with_stop_string(tok):
     assert text_stream.stop == "🎉." and text_stream.text == "2 + 2 = 4 "
     first = next(i for i, step in enumerate(sent) if step.finished)
     assert all(step.stop == "🎉." and step.text == "" for step in sent[first + 1 :])
+
+
+def test_converted_tokenizer_cache_round_trips(tok, tmp_path, monkeypatch):
+    """The tokenizer saved to the cache behaves exactly like a fresh GGUF conversion."""
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(DEFAULT_MODEL)
+    monkeypatch.setenv("RADIXLM_CACHE_DIR", str(tmp_path))
+    first = load_tokenizer(path)  # converts and writes the entry
+    entries = list((tmp_path / "tokenizers").iterdir())
+    assert len(entries) == 1 and (entries[0] / "tokenizer.json").is_file()
+    second = load_tokenizer(path)  # reads the entry
+    direct = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    for text in TEXTS:
+        want = direct.encode(text, add_special_tokens=False)
+        assert first.encode(text, add_special_tokens=False) == want
+        assert second.encode(text, add_special_tokens=False) == want
+        assert second.decode(want) == direct.decode(want, skip_special_tokens=True)
+    for messages in CONVERSATIONS:
+        want = direct.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        assert second.render_chat(messages) == want
+    assert second.eos_token_ids == first.eos_token_ids == tok.eos_token_ids
+    assert second.bos_token_id == tok.bos_token_id
+    monkeypatch.setenv("RADIXLM_CACHE_DIR", "")  # an empty value turns the cache off
+    assert load_tokenizer(path).encode("hi") == second.encode("hi")
+    assert len(list((tmp_path / "tokenizers").iterdir())) == 1

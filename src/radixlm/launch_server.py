@@ -47,7 +47,7 @@ def spawn_engine(cfg: ServerConfig, ipc_dir: Path) -> tuple[mp.process.BaseProce
     recv_conn, send_conn = ctx.Pipe(duplex=False)
     proc = ctx.Process(
         target=run_engine_process,
-        args=(dict(cfg.engine), in_addr, out_addr, send_conn, cfg.log_level),
+        args=(dict(cfg.engine), in_addr, out_addr, send_conn, cfg.log_level, cfg.queue_timeout),
         name="radixlm-engine",
         daemon=True,
     )

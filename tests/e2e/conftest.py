@@ -40,14 +40,18 @@ def run_server(model: str, argv: list[str], sig: int):
     assert not pid_alive(engine_pid), "the engine process outlived the server"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def server(tiny_model_factory):
-    """`python -m radixlm.launch_server` on the tiny llama model, stopped with SIGTERM."""
-    argv = ["radixlm.launch_server", "--log-level", "warning"]
+    """`python -m radixlm.launch_server` on the tiny llama model, stopped with SIGTERM.
+
+    At most 2 running requests and a 1 s queue timeout, so queueing can be tested.
+    """
+    argv = ["radixlm.launch_server", "--log-level", "warning", "--max-n", "4",
+            "--queue-timeout", "1", "--max-running-requests", "2"]  # fmt: skip
     yield from run_server(str(tiny_model_factory("llama")), argv, signal.SIGTERM)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def cli_server(tiny_model_factory):
     """`radixlm serve` on the tiny llama model, stopped with SIGINT (Ctrl-C)."""
     argv = ["radixlm.cli", "--log-level", "warning", "serve"]

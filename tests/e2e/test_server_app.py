@@ -41,3 +41,24 @@ def test_json_bodies_are_read_whatever_their_content_type(tmp_path):
         res = c.post("/abort_request", content=b'{"rid": "x"}',
                      headers={"content-type": "application/x-www-form-urlencoded"})  # fmt: skip
         assert res.status_code == 200
+
+
+def test_each_app_has_its_own_registry_and_finished_requests_are_logged(caplog):
+    from radixlm.engine.messages import ChunkMsg, GenerateMsg
+    from radixlm.server.metrics import ServerMetrics
+
+    quiet, loud = ServerMetrics(request_log=False), ServerMetrics()
+    msg = GenerateMsg("r1", [1, 2, 3], {})
+    meta = {"prompt_tokens": 3, "cached_tokens": 1, "completion_tokens": 2,
+            "finish_reason": {"type": "length", "length": 2}}  # fmt: skip
+    last = ChunkMsg("r1", "", [9], True, meta)
+    with caplog.at_level("INFO", logger="radixlm.server.requests"):
+        quiet.request_done(msg, last, 10.0, [(10.5, 1), (10.75, 1)])
+        assert not caplog.records
+        loud.request_done(msg, last, 10.0, [(10.5, 1), (10.75, 1)])
+    line = caplog.records[0].getMessage()
+    assert "prompt_tokens=3 cached_tokens=1 completion_tokens=2 ttft=0.500s" in line
+    text = loud.render({"prompt_tokens": 3, "cached_tokens": 1}).decode()
+    assert "radixlm:time_to_first_token_seconds_count 1.0" in text
+    assert "radixlm:inter_token_latency_seconds_sum 0.25" in text
+    assert "radixlm:prefix_cache_hits_total 1.0" in text

@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import zmq
@@ -33,8 +34,12 @@ class EngineRequestError(ValueError):
     """The engine refused a request (for instance it can never fit in the KV pool)."""
 
 
+# Called once per finished request: (msg, finishing chunk, time sent, [(arrival, new tokens)]).
+DoneHook = Callable[[GenerateMsg, ChunkMsg, float, list[tuple[float, int]]], None]
+
+
 class EngineClient:
-    def __init__(self, in_addr: str, out_addr: str) -> None:
+    def __init__(self, in_addr: str, out_addr: str, on_done: DoneHook | None = None) -> None:
         self.ctx = zmq.asyncio.Context()
         self.push = self.ctx.socket(zmq.PUSH)
         self.push.connect(in_addr)
@@ -44,6 +49,7 @@ class EngineClient:
         self.calls: dict[int, asyncio.Future[Any]] = {}
         self._cids = itertools.count()
         self._task: asyncio.Task | None = None
+        self.on_done = on_done
 
     def start(self) -> None:
         """Start routing outputs; call from the running event loop."""
@@ -78,23 +84,35 @@ class EngineClient:
 
         Raises EngineRequestError when the engine refuses it. If the consumer
         stops early (client gone, task cancelled), the request is aborted.
+        `on_done` sees every request that finishes, with its chunks' arrival times.
         """
         q: asyncio.Queue[ChunkMsg | ErrorMsg] = asyncio.Queue()
         self.queues[msg.rid] = q
         finished = False
+        times: list[tuple[float, int]] = []
         try:
             await self.push.send_pyobj(msg)
+            sent = time.perf_counter()
             while not finished:
                 item = await q.get()
                 if isinstance(item, ErrorMsg):
                     finished = True
                     raise EngineRequestError(item.message)
+                times.append((time.perf_counter(), len(item.new_ids)))
                 finished = item.finished
+                if finished and self.on_done is not None:
+                    self._report(msg, item, sent, times)
                 yield item
         finally:
             self.queues.pop(msg.rid, None)
             if not finished:
                 self.abort_nowait(msg.rid)
+
+    def _report(self, msg: GenerateMsg, last: ChunkMsg, sent: float, times: list) -> None:
+        try:
+            self.on_done(msg, last, sent, times)  # type: ignore[misc]
+        except Exception:
+            log.exception("the request-done hook failed")
 
     def abort_nowait(self, rid: str | None) -> None:
         """Ask the engine to abort `rid` (None: all); safe inside cancellation and `finally`."""

@@ -25,6 +25,7 @@ class GenerateMsg:
     logprob_start_len: int = -1
     top_logprobs_num: int = 0
     return_text_in_logprobs: bool = False
+    extra_key: str | None = None  # cache namespace: prefixes are shared only within one key
 
 
 @dataclass

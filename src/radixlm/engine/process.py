@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import time
 from typing import Any
 
 import zmq
@@ -36,7 +37,7 @@ from radixlm.engine.messages import (
 from radixlm.engine.output import request_meta
 from radixlm.engine.setup import Runtime, build_runtime
 from radixlm.sampling.params import SamplingParams
-from radixlm.scheduler.request import Req
+from radixlm.scheduler.request import FinishReason, Req
 from radixlm.scheduler.scheduler import StepOutput
 
 log = logging.getLogger(__name__)
@@ -64,8 +65,11 @@ def model_info(rt: Runtime) -> dict[str, Any]:
 class EngineLoop:
     """Owns the runtime and both sockets; `run()` returns when told to shut down."""
 
-    def __init__(self, rt: Runtime, inbox: zmq.Socket, outbox: zmq.Socket) -> None:
+    def __init__(
+        self, rt: Runtime, inbox: zmq.Socket, outbox: zmq.Socket, queue_timeout: float | None = None
+    ) -> None:
         self.rt = rt
+        self.queue_timeout = queue_timeout  # seconds a never-admitted request may wait
         self.sched = rt.scheduler
         self.inbox, self.outbox = inbox, outbox
         self.with_text: dict[str, bool] = {}  # rid -> return_text_in_logprobs
@@ -90,6 +94,7 @@ class EngineLoop:
                     return
                 continue
             idle_checked = False
+            self._expire_waiting()
             try:
                 outputs = self.sched.step()
             except Exception as e:  # a bug: fail every request rather than hang callers
@@ -139,6 +144,7 @@ class EngineLoop:
                 return_logprob=msg.return_logprob,
                 logprob_start_len=msg.logprob_start_len,
                 top_logprobs_num=msg.top_logprobs_num,
+                extra_key=msg.extra_key,
             )
             self.sched.add_request(req)
         except ValueError as e:
@@ -169,6 +175,17 @@ class EngineLoop:
         except Exception as e:
             return [ReplyMsg(msg.cid, error=str(e))]
         return [ReplyMsg(msg.cid, result=result)]
+
+    def _expire_waiting(self) -> None:
+        """Abort requests that have waited in the queue, never admitted, past the timeout."""
+        if self.queue_timeout is None:
+            return
+        now = time.perf_counter()
+        for req in list(self.sched.waiting):
+            if not req.admitted_once and now - req.created_at > self.queue_timeout:
+                message = f"queue timeout: waited more than {self.queue_timeout:g} s"
+                req.finish(FinishReason("abort", message=message))  # abort keeps this reason
+                self.sched.abort(req.rid)
 
     def _live_rids(self) -> list[str]:
         s = self.sched
@@ -231,9 +248,16 @@ class EngineLoop:
 
 
 def run_engine_process(
-    options: dict[str, Any], in_addr: str, out_addr: str, ready_conn: Any, log_level: str
+    options: dict[str, Any],
+    in_addr: str,
+    out_addr: str,
+    ready_conn: Any,
+    log_level: str,
+    queue_timeout: float | None = None,
 ) -> None:
     """Process entry point: build the runtime from engine `options`, serve until shutdown.
+
+    `queue_timeout` (seconds): a request waiting longer than that is aborted.
 
     Sends one `ReadyMsg` on `ready_conn` (with the model info, or the load error).
     SIGINT is ignored: the parent decides when the engine stops.
@@ -255,6 +279,6 @@ def run_engine_process(
     ready_conn.send(ReadyMsg(info=model_info(rt)))
     ready_conn.close()
     try:
-        EngineLoop(rt, inbox, outbox).run()
+        EngineLoop(rt, inbox, outbox, queue_timeout).run()
     finally:
         ctx.destroy(linger=0)

@@ -64,6 +64,9 @@ class ServerConfig:
     api_key: str | None = None
     served_model_name: str | None = None  # default: the --model value
     log_level: str = "info"
+    disable_request_log: bool = False
+    max_n: int = 16  # the most samples (n) one request may ask for
+    queue_timeout: float | None = None  # seconds a request may wait in the queue
     engine: dict[str, Any] = field(default_factory=dict)  # EngineConfig keyword options
 
 
@@ -75,6 +78,16 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--port", type=int, default=30000)
     g.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY'")
     g.add_argument("--served-model-name", default=None, help="model name in the OpenAI API")
+    g.add_argument(
+        "--disable-request-log", action="store_true", help="no log line per finished request"
+    )
+    g.add_argument("--max-n", type=int, default=16, help="the largest n one request may ask for")
+    g.add_argument(
+        "--queue-timeout",
+        type=float,
+        default=None,
+        help="abort a request that waits longer than this many seconds in the queue",
+    )
     e = p.add_argument_group("engine")
     e.add_argument("--max-total-tokens", type=int, default=None, help="KV pool size in tokens")
     e.add_argument(
@@ -99,6 +112,10 @@ def server_config_from_args(ns: argparse.Namespace) -> ServerConfig:
         raise ValueError("--max-total-tokens: must be at least 16")
     if ns.mem_fraction is not None and not 0 < ns.mem_fraction < 1:
         raise ValueError("--mem-fraction: must be in (0, 1)")
+    if ns.max_n < 1:
+        raise ValueError("--max-n: must be at least 1")
+    if ns.queue_timeout is not None and ns.queue_timeout <= 0:
+        raise ValueError("--queue-timeout: must be positive")
     engine: dict[str, Any] = {"model": ns.model, "dtype": ns.dtype, "device": ns.device}
     engine["schedule_policy"] = ns.schedule_policy
     engine["disable_radix_cache"] = ns.disable_radix_cache
@@ -114,6 +131,9 @@ def server_config_from_args(ns: argparse.Namespace) -> ServerConfig:
         api_key=ns.api_key,
         served_model_name=ns.served_model_name,
         log_level=getattr(ns, "log_level", "info"),
+        disable_request_log=ns.disable_request_log,
+        max_n=ns.max_n,
+        queue_timeout=ns.queue_timeout,
         engine=engine,
     )
 

@@ -8,10 +8,13 @@ several at once, tagged with their index.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
+
+from fastapi import Request
 
 from radixlm.engine.client import EngineClient, EngineRequestError
 from radixlm.engine.messages import ChunkMsg, GenerateMsg
@@ -36,10 +39,12 @@ def plan(
     lp: LogprobOptions,
     prompt_param: str,
     names: dict[str, str] | None = None,
+    cache_salt: str | None = None,
 ) -> list[GenerateMsg]:
     """One GenerateMsg per prompt and sample (n expands to consecutive messages).
 
     Raises ApiError 400 naming the bad field (`names` maps sampling fields to the API's names).
+    `cache_salt` becomes each request's cache namespace (`extra_key`).
     """
     msgs: list[GenerateMsg] = []
     for ids, sp, rid in zip(prompts, sampling, rids, strict=True):
@@ -48,6 +53,9 @@ def plan(
             params.check_vocab(int(state.info["vocab_size"]))
         except SamplingParamsError as e:
             raise sampling_error(e, names) from None
+        if params.n > state.cfg.max_n:
+            raise ApiError(400, f"n: at most {state.cfg.max_n} samples per request (got "
+                           f"{params.n}; see --max-n)", param="n")  # fmt: skip
         if params.grammar is not None:
             field = (names or {}).get(params.grammar[0], params.grammar[0])
             raise ApiError(400, f"{field}: constrained decoding is not supported", param=field)
@@ -70,6 +78,7 @@ def plan(
                     logprob_start_len=lp.logprob_start_len,
                     top_logprobs_num=lp.top_logprobs_num,
                     return_text_in_logprobs=lp.return_text_in_logprobs,
+                    extra_key=cache_salt,
                 )
             )
     return msgs
@@ -108,6 +117,34 @@ async def collect_all(client: EngineClient, msgs: list[GenerateMsg]) -> list[dic
     except* ApiError as eg:
         raise eg.exceptions[0] from None
     return [t.result() for t in tasks]
+
+
+async def _client_gone(request: Request) -> None:
+    """Return once the HTTP client has disconnected (the body was already read)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def collect_unless_gone(
+    request: Request, client: EngineClient, msgs: list[GenerateMsg]
+) -> list[dict[str, Any]]:
+    """`collect_all`, aborted when the HTTP client disconnects first; returns the results.
+
+    Raises ApiError 499 after aborting the requests of a client that went away.
+    """
+    work = asyncio.create_task(collect_all(client, msgs))
+    gone = asyncio.create_task(_client_gone(request))
+    try:
+        await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+        if work.done():
+            return work.result()
+        raise ApiError(499, "the client disconnected", "client_closed_request")
+    finally:
+        for task in (work, gone):
+            if not task.done():
+                task.cancel()  # cancelling `work` aborts its requests in the engine
+                with contextlib.suppress(asyncio.CancelledError, ApiError):
+                    await task
 
 
 async def merged(

@@ -24,7 +24,7 @@ def create_app(state: ServerState) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state.client = EngineClient(state.in_addr, state.out_addr)
+        state.client = EngineClient(state.in_addr, state.out_addr, state.metrics.request_done)
         state.client.start()
         state.ready = True
         try:

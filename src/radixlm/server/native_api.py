@@ -9,10 +9,17 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST
 
 import radixlm
 from radixlm.server.errors import ApiError, error_body
-from radixlm.server.generation import LogprobOptions, collect, collect_all, merged, plan
+from radixlm.server.generation import (
+    LogprobOptions,
+    collect,
+    collect_unless_gone,
+    merged,
+    plan,
+)
 from radixlm.server.protocol import AbortRequest, GenerateRequest
 from radixlm.server.state import ServerState
 
@@ -74,10 +81,11 @@ async def generate(request: Request, body: GenerateRequest) -> Response:
         top_logprobs_num=body.top_logprobs_num or 0,
         return_text_in_logprobs=bool(body.return_text_in_logprobs),
     )
-    msgs = plan(state, prompts, [s or {} for s in sampling], rids, lp, param)
+    msgs = plan(state, prompts, [s or {} for s in sampling], rids, lp, param,
+                cache_salt=body.cache_salt)  # fmt: skip
     if body.stream:
         return StreamingResponse(_stream(state, msgs), media_type="text/event-stream")
-    results = await collect_all(client, msgs)
+    results = await collect_unless_gone(request, client, msgs)
     return JSONResponse(results[0] if single and len(results) == 1 else results)
 
 
@@ -154,6 +162,14 @@ async def get_server_info(request: Request) -> dict[str, Any]:
         "version": radixlm.__version__,
         **stats,
     }
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    """Prometheus text format: the engine's counters and gauges, and request latencies."""
+    state = _state(request)
+    stats = await state.engine().call("get_stats")
+    return Response(state.metrics.render(stats), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.post("/flush_cache")

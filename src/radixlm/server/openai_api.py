@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from radixlm.engine.messages import GenerateMsg
 from radixlm.server.errors import ApiError, error_body
-from radixlm.server.generation import LogprobOptions, collect_all, merged, plan
+from radixlm.server.generation import LogprobOptions, collect_unless_gone, merged, plan
 from radixlm.server.native_api import sse
 from radixlm.server.openai_format import (
     chat_logprobs,
@@ -118,13 +118,13 @@ async def completions(request: Request, body: CompletionRequest) -> Response:
         return_text_in_logprobs=True,
     )
     msgs = plan(state, prompts, [sp] * len(prompts), [None] * len(prompts), lp, "prompt",
-                FIELD_NAMES)  # fmt: skip
+                FIELD_NAMES, cache_salt=body.cache_salt)  # fmt: skip
     rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
     head = {"id": rid, "object": "text_completion", "created": created, "model": state.model_name}
     if body.stream:
         events = _stream(state, msgs, head, body, chat=False)
         return StreamingResponse(events, media_type="text/event-stream")
-    results = await collect_all(client, msgs)
+    results = await collect_unless_gone(request, client, msgs)
     choices = [
         {
             "index": i,
@@ -176,14 +176,14 @@ async def chat_completions(request: Request, body: ChatCompletionRequest) -> Res
         top_logprobs_num=(body.top_logprobs or 0) if body.logprobs else 0,
         return_text_in_logprobs=True,
     )
-    msgs = plan(state, [ids], [sp], [None], lp, "messages", FIELD_NAMES)
+    msgs = plan(state, [ids], [sp], [None], lp, "messages", FIELD_NAMES, body.cache_salt)
     rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     head = {"id": rid, "object": "chat.completion", "created": created, "model": state.model_name}
     if body.stream:
         head["object"] = "chat.completion.chunk"
         events = _stream(state, msgs, head, body, chat=True)
         return StreamingResponse(events, media_type="text/event-stream")
-    results = await collect_all(client, msgs)
+    results = await collect_unless_gone(request, client, msgs)
     choices = [
         {
             "index": i,

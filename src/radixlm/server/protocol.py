@@ -27,6 +27,7 @@ class GenerateRequest(_Body):
     return_text_in_logprobs: bool | None = None
     stream: bool | None = None
     rid: str | list[str] | None = None
+    cache_salt: str | None = None  # requests share cached prefixes only with the same salt
 
 
 class AbortRequest(_Body):
@@ -60,6 +61,7 @@ class _OpenAISampling(_Body):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
+    cache_salt: str | None = None  # requests share cached prefixes only with the same salt
 
 
 class CompletionRequest(_OpenAISampling):

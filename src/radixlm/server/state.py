@@ -9,6 +9,7 @@ from typing import Any
 from radixlm.engine.client import EngineClient
 from radixlm.server.args import ServerConfig
 from radixlm.server.errors import ApiError
+from radixlm.server.metrics import ServerMetrics
 from radixlm.tokenizer import Tokenizer
 
 
@@ -31,6 +32,7 @@ class ServerState:
         self.engine_proc = engine_proc
         self.client: EngineClient | None = None
         self.ready = False
+        self.metrics = ServerMetrics(request_log=not cfg.disable_request_log)
         self.started_at = time.time()
         self.model_name = cfg.served_model_name or cfg.engine.get("model") or info["model_path"]
 

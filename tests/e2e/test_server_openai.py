@@ -75,6 +75,12 @@ BAD = [
     ("/v1/completions", b"{not json", "body"),
     ("/v1/completions", {"prompt": "x", "temperature": -1}, "temperature"),
     ("/v1/completions", {"prompt": "x", "max_tokens": -3}, "max_tokens"),
+    ("/v1/completions", {"prompt": "x", "max_tokens": 0}, "max_tokens"),
+    (
+        "/v1/chat/completions",
+        {"messages": [{"role": "user", "content": "x"}], "max_completion_tokens": 0},
+        "max_completion_tokens",
+    ),
     ("/v1/completions", {"prompt": "x", "top_p": 2}, "top_p"),
     ("/v1/completions", {"prompt": "x", "n": "many"}, "n"),
     ("/v1/completions", {"prompt": ""}, "prompt"),

@@ -65,10 +65,10 @@ class PrefillAdder:
         prefill_left = cfg.max_prefill_tokens
         chunk = cfg.chunked_prefill_size if cfg.chunked_prefill_size > 0 else None
         if chunked is not None:
-            n = min(len(chunked.fill_ids) - chunked.kv_len, chunk or prefill_left)
+            n = min(chunked.fill_len - chunked.kv_len, chunk or prefill_left)
             if not self.kv.extend(chunked, n):
                 return batch
-            self._add(batch, chunked, n, len(chunked.fill_ids))
+            self._add(batch, chunked, n)
             budget -= n
             prefill_left -= n
             if batch.chunked is not None:
@@ -80,7 +80,7 @@ class PrefillAdder:
             self.kv.match(req)
             if self._held_back(req, batch):
                 continue
-            extend = len(req.fill_ids) - req.prefix_len
+            extend = req.fill_len - req.prefix_len
             need = extend + int(req.remaining_new_tokens() * ratio)
             if need > budget and (batch.reqs or running):
                 break  # wait for memory; head-of-line order is kept
@@ -92,17 +92,17 @@ class PrefillAdder:
                 n = limit
             if not self.kv.lock_and_allocate(req, n):
                 break
-            self._add(batch, req, n, len(req.fill_ids))
+            self._add(batch, req, n)
             budget -= need
             prefill_left -= n
             if batch.chunked is not None:
                 break
         return batch
 
-    def _add(self, batch: PrefillBatch, req: Req, n: int, total: int) -> None:
+    def _add(self, batch: PrefillBatch, req: Req, n: int) -> None:
         batch.reqs.append(req)
         batch.extend_lens.append(n)
-        if req.kv_len < total:  # slots already include this chunk
+        if req.kv_len < req.fill_len:  # slots already include this chunk
             batch.chunked = req
 
     def _held_back(self, req: Req, batch: PrefillBatch) -> bool:

@@ -94,6 +94,16 @@ class Req:
         return self.input_ids + self.output_ids
 
     @property
+    def fill_len(self) -> int:
+        """len(fill_ids), without building the list."""
+        return len(self.input_ids) + len(self.output_ids)
+
+    @property
+    def last_token(self) -> int:
+        """fill_ids[-1], without building the list (the next decode step's input)."""
+        return self.output_ids[-1] if self.output_ids else self.input_ids[-1]
+
+    @property
     def kv_len(self) -> int:
         return 0 if self.kv_slots is None else int(self.kv_slots.numel())
 
@@ -123,7 +133,7 @@ class Req:
         At least one token is always computed (its logits give the next
         token), and positions whose prompt logprobs are wanted must be computed.
         """
-        n = len(self.input_ids) + len(self.output_ids) - 1
+        n = self.fill_len - 1
         frm = self.logit_from()
         return n if frm is None else min(n, frm)
 

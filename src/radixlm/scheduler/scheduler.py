@@ -167,7 +167,7 @@ class Scheduler:
         if not self._reserve_decode_slots():
             return
         reqs = list(self.running)
-        items = [ForwardItem([r.fill_ids[-1]], r.kv_slots, r.kv_len - 1) for r in reqs]
+        items = [ForwardItem([r.last_token], r.kv_slots, r.kv_len - 1) for r in reqs]
         out = self.runner.forward(items)
         new_ids = self._sample(reqs, out.last)
         self.stats.decode_steps += 1

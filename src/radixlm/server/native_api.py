@@ -135,7 +135,8 @@ async def health_generate(request: Request) -> Response:
 
 @router.get("/get_model_info")
 async def get_model_info(request: Request) -> dict[str, Any]:
-    """`{"model_path", "tokenizer_path", "is_generation"}` plus the served name."""
+    """`{"model_path", "tokenizer_path", "is_generation"}` plus the served name, and the
+    chat template (Jinja) and eos token text, from which `radixlm.lang` writes role turns."""
     state = _state(request)
     path = state.info["model_path"]
     return {
@@ -143,6 +144,8 @@ async def get_model_info(request: Request) -> dict[str, Any]:
         "tokenizer_path": path,
         "is_generation": True,
         "served_model_name": state.model_name,
+        "chat_template": state.tokenizer.chat_template,
+        "eos_token": state.tokenizer.hf_tokenizer.eos_token,
     }
 
 

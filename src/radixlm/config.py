@@ -209,3 +209,5 @@ class SchedulerConfig:
     min_new_token_ratio: float = 0.1
     new_token_ratio_decay: float = 0.001  # per decode step
     seed: int = 0  # for the random policy
+    grammar_backend: str = "xgrammar"  # constrained decoding library; "none" turns it off
+    disable_jump_forward: bool = False  # decode a grammar's forced text token by token

@@ -91,7 +91,7 @@ BAD_VALUES = [
     ("seed", True),
     ("sampling_seed", "42"),
     ("regex", 5),
-    ("json_schema", {"type": "object"}),
+    ("json_schema", 5),
     ("ebnf", ["a"]),
     ("logit_bias", {"abc": 1.0}),
     ("logit_bias", {"-3": 1.0}),

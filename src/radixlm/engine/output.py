@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from radixlm.config import ModelConfig
+from radixlm.grammar import validate_grammar
 from radixlm.sampling.params import SamplingParams
 from radixlm.scheduler.request import Req
 from radixlm.scheduler.scheduler import StepOutput
@@ -72,9 +73,7 @@ def expand_requests(
     opts = {**REQUEST_OPTIONS, **options}
     params = _as_params(sampling_params)
     if params.grammar is not None:
-        raise ValueError(
-            f"sampling_params.{params.grammar[0]}: constrained decoding is not supported"
-        )
+        validate_grammar(*params.grammar)  # GrammarError is a ValueError naming the field
     if params.stop_regexes:
         raise ValueError("sampling_params.stop_regex: not supported")
     params.check_vocab(model_config.vocab_size)

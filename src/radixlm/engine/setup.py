@@ -6,11 +6,13 @@ import logging
 from dataclasses import dataclass
 
 from radixlm.engine.config import EngineConfig
+from radixlm.grammar import GrammarCache, make_backend
 from radixlm.kvcache.chunk_cache import ChunkCache
 from radixlm.kvcache.pool import KVPool
 from radixlm.kvcache.prefix_cache import PrefixCache
 from radixlm.kvcache.radix_cache import RadixCache
 from radixlm.loader import LoadedModel, load_model
+from radixlm.scheduler.constraints import Constraints
 from radixlm.scheduler.finisher import Finisher
 from radixlm.scheduler.policy import POLICIES
 from radixlm.scheduler.scheduler import Scheduler
@@ -54,10 +56,25 @@ def build_runtime(
         (tokenizer.eos_token_ids if tokenizer else ()) + loaded.config.eos_token_ids
     ))  # fmt: skip
     finisher = Finisher(tokenizer, eos, loaded.config.context_length)
-    scheduler = Scheduler(loaded.model, cache, config.scheduler, finisher)
+    constraints = _constraints(config, loaded, tokenizer, eos)
+    scheduler = Scheduler(loaded.model, cache, config.scheduler, finisher, constraints)
     log.info(
         "KV pool: %d tokens (%.1f MiB), radix cache %s, policy %s",
         pool.total, pool.total * pool.shape.bytes_per_token / 2**20,
         "off" if c.disable_radix_cache else "on", config.scheduler.schedule_policy,
     )  # fmt: skip
     return Runtime(loaded, tokenizer, scheduler)
+
+
+def _constraints(
+    config: EngineConfig, loaded: LoadedModel, tokenizer: Tokenizer | None, eos: tuple[int, ...]
+) -> Constraints:
+    """Constrained decoding for this tokenizer (off without one, or with backend "none")."""
+    sc = config.scheduler
+    backend = None
+    if tokenizer is not None:
+        backend = make_backend(
+            sc.grammar_backend, tokenizer.hf_tokenizer, loaded.config.vocab_size, eos
+        )
+    cache = GrammarCache(backend) if backend is not None else None
+    return Constraints(cache, tokenizer, jump_forward=not sc.disable_jump_forward)

@@ -18,6 +18,7 @@ Normalisation done on construction (so equal requests compare equal):
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -234,6 +235,13 @@ def _optional_str(name: str, value: Any) -> str | None:
     return value
 
 
+def _schema(name: str, value: Any) -> str | None:
+    """A JSON schema as text: SGLang sends a string; an object is accepted and serialised."""
+    if isinstance(value, dict | bool):
+        return json.dumps(value)
+    return _optional_str(name, value)
+
+
 def _at_least(low: int):
     def check(name: str, value: Any) -> int:
         value = _int(name, value)
@@ -364,7 +372,7 @@ _CHECKS = {
     "n": _at_least(1),
     "seed": _seed,
     "regex": _optional_str,
-    "json_schema": _optional_str,
+    "json_schema": _schema,
     "ebnf": _optional_str,
     "structural_tag": _optional_str,
     "logit_bias": _logit_bias,

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import enum
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from radixlm.grammar import GrammarMatcher
 from radixlm.kvcache.prefix_cache import TreeNode
 from radixlm.sampling.params import SamplingParams
 
@@ -72,6 +74,12 @@ class Req:
     prefix_len: int = 0  # tokens matched in the cache when last checked
     match_node: TreeNode | None = None
     match_slots: torch.Tensor | None = None
+
+    # Constrained decoding: the compile in flight, then the matcher; draft_ids are the
+    # tokens of the text the grammar forces next, checked by the next decode step.
+    grammar_future: Future[Any] | None = None
+    grammar: GrammarMatcher | None = None
+    draft_ids: list[int] = field(default_factory=list)
 
     # Accounting for meta_info.
     input_logprobs_done: bool = False

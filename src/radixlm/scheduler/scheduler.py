@@ -4,8 +4,14 @@ Continuous batching: requests join the running set after their prefill and
 leave it when they finish, between any two steps. Prefill has priority; a
 decode step runs when nothing can be admitted. The parts: `SchedulePolicy`
 orders the queue, `PrefillAdder` admits, `KVManager` owns the slot life
-cycle, `ModelRunner` runs the model, `sampling.sample` picks tokens, and
-`Finisher` decides when a request ends.
+cycle, `ModelRunner` runs the model, `sampling.sample` picks tokens,
+`Constraints` applies grammars, and `Finisher` decides when a request ends.
+
+Jump-forward: when a request's grammar forces a string, its next decode step
+feeds the string's tokens as a draft after its last token and samples at every
+draft position in turn; a draft token is kept only while it equals what was
+sampled there. The tokens are therefore exactly those of one-by-one decoding,
+and a draft the model agrees with costs one forward instead of one per token.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from radixlm.kvcache.radix_cache import RadixCache
 from radixlm.models.llama import LlamaForCausalLM
 from radixlm.sampling.batch import SamplingBatch
 from radixlm.sampling.sampler import sample
+from radixlm.scheduler.constraints import Constraints
 from radixlm.scheduler.finisher import Finisher
 from radixlm.scheduler.kv_manager import KVManager
 from radixlm.scheduler.logprob_collector import record_input_logprobs, record_output_logprobs
@@ -51,8 +58,10 @@ class Scheduler:
         cache: PrefixCache,
         config: SchedulerConfig,
         finisher: Finisher,
+        constraints: Constraints | None = None,
     ) -> None:
         self.config = config
+        self.constraints = constraints or Constraints(None, None)
         self.model_config = model.config
         self.kv = KVManager(cache.pool, cache)
         self.runner = ModelRunner(model, self.kv.pool)
@@ -88,6 +97,7 @@ class Scheduler:
                 f"tokens (context length {self.model_config.context_length}, "
                 f"KV pool {self.kv.pool.total})"
             )
+        self.constraints.start(req)
         self.finisher.start(req)
         self.waiting.append(req)
 
@@ -116,15 +126,28 @@ class Scheduler:
     def step(self) -> list[StepOutput]:
         """Run one prefill batch, or else one decode step; return what each request got."""
         outputs, self._pending = self._pending, []
-        if self.waiting or self.chunked:
-            ordered = self.policy.order(self.waiting)
+        ready = self._ready_waiting(outputs)
+        if ready or self.chunked:
+            ordered = self.policy.order(ready)
             batch = self.adder.build(ordered, self.running, self.chunked, self.new_token_ratio)
             if batch:
                 self._run_prefill(batch, outputs)
                 return outputs
         if self.running:
             self._run_decode(outputs)
+        elif not outputs and self.waiting:
+            Constraints.wait_for_compiles(self.waiting, timeout=0.01)  # idle until one is ready
         return outputs
+
+    def _ready_waiting(self, outputs: list[StepOutput]) -> list[Req]:
+        """Waiting requests that may be admitted (grammar compiled); failed compiles end here."""
+        ready = [r for r in self.waiting if self.constraints.poll(r)]
+        failed = [r for r in ready if r.finished]
+        for req in failed:
+            self.waiting.remove(req)
+            req.state = ReqState.FINISHED
+            outputs.append(StepOutput(req, [], self.finisher.finish_text(req), True))
+        return [r for r in ready if not r.finished] if failed else ready
 
     def _run_prefill(self, batch: PrefillBatch, outputs: list[StepOutput]) -> None:
         admitted = {id(r) for r in batch.reqs}
@@ -162,31 +185,85 @@ class Scheduler:
                 self.kv.cache_unfinished(req)
                 if req is not batch.chunked:
                     self.running.append(req)
+                    self.constraints.plan_draft(req, self.capacity)
 
     def _run_decode(self, outputs: list[StepOutput]) -> None:
         if not self._reserve_decode_slots():
             return
         reqs = list(self.running)
-        items = [ForwardItem([r.last_token], r.kv_slots, r.kv_len - 1) for r in reqs]
+        items = []
+        for r in reqs:
+            start = r.kv_len - 1 - len(r.draft_ids)  # position of the last token
+            frm = start if r.draft_ids else None  # drafts need logits at every position
+            items.append(ForwardItem([r.last_token, *r.draft_ids], r.kv_slots, start, frm))
         out = self.runner.forward(items)
-        new_ids = self._sample(reqs, out.last)
         self.stats.decode_steps += 1
-        for req, token in zip(reqs, new_ids, strict=True):
-            self._append(req, token, outputs)
+        if any(r.draft_ids for r in reqs):
+            self._verify_drafts(reqs, out.last, out.extra, outputs)
+        else:
+            new_ids = self._sample(reqs, out.last)
+            for req, token in zip(reqs, new_ids, strict=True):
+                self._append(req, token, outputs)
         self.running = [r for r in self.running if not r.finished]
+        for req in self.running:
+            self.constraints.plan_draft(req, self.capacity)
         cfg = self.config
         self.new_token_ratio = max(
             cfg.min_new_token_ratio, self.new_token_ratio - cfg.new_token_ratio_decay
         )
 
+    def _verify_drafts(
+        self, reqs: list[Req], last: torch.Tensor, extra: list[torch.Tensor | None],
+        outputs: list[StepOutput],
+    ) -> None:  # fmt: skip
+        """Sample draft positions in rounds; a request goes on while its draft matches.
+
+        Round j samples every request still going from the logits at its j-th
+        fed position (0: its last token, j: draft token j-1). Draft token j's
+        slot joins the request's K/V only when the token sampled in round j
+        equals it; the slots of the rest are freed.
+        """
+        drafts = [r.draft_ids for r in reqs]
+        spare = []  # [k] slots of each request's draft tokens, set aside
+        for r, d in zip(reqs, drafts, strict=True):
+            r.draft_ids = []
+            spare.append(r.kv_slots[r.kv_len - len(d) :])
+            r.kv_slots = r.kv_slots[: r.kv_len - len(d)]
+        used = [0] * len(reqs)
+        going, j = list(range(len(reqs))), 0
+        while going:
+            rows = [extra[i][j] if j < len(drafts[i]) else last[i] for i in going]  # type: ignore[index]
+            tokens = self._sample([reqs[i] for i in going], torch.stack(rows))
+            nxt = []
+            for i, token in zip(going, tokens, strict=True):
+                req = reqs[i]
+                self._append(req, token, outputs)
+                if not req.finished and j < len(drafts[i]) and token == drafts[i][j]:
+                    req.kv_slots = torch.cat([req.kv_slots, spare[i][j : j + 1]])
+                    used[i] += 1
+                    nxt.append(i)
+            self.stats.jump_forward_tokens += len(nxt)
+            going, j = nxt, j + 1
+        for i, slots in enumerate(spare):
+            if used[i] < len(slots):
+                self.kv.pool.free(slots[used[i] :])
+
     def _reserve_decode_slots(self) -> bool:
-        """Give every running request one slot for this step, retracting requests if needed."""
+        """Give every running request one slot for this step (more for a draft).
+
+        Drafts are dropped before any request is retracted to make room.
+        """
         while self.running:
-            new = self.kv.alloc(len(self.running))
+            sizes = [1 + len(r.draft_ids) for r in self.running]
+            new = self.kv.alloc(sum(sizes))
             if new is not None:
-                for req, slot in zip(self.running, new.split(1), strict=True):
-                    req.kv_slots = torch.cat([req.kv_slots, slot])
+                for req, slots in zip(self.running, new.split(sizes), strict=True):
+                    req.kv_slots = torch.cat([req.kv_slots, slots])
                 return True
+            if sum(sizes) > len(sizes):
+                for req in self.running:
+                    req.draft_ids = []
+                continue
             if len(self.running) == 1 and self.chunked is None:
                 raise RuntimeError("the KV pool cannot hold a single request's next token")
             self._retract_one()
@@ -206,6 +283,7 @@ class Scheduler:
         assert victim is not None
         self.kv.release(victim)  # its K/V stay in the tree (evictable) for the retry
         victim.state = ReqState.WAITING
+        victim.draft_ids = []
         victim.retractions += 1
         self.stats.retractions += 1
         self.waiting.insert(0, victim)
@@ -218,6 +296,7 @@ class Scheduler:
     def _sample(self, reqs: list[Req], logits: torch.Tensor) -> list[int]:
         if not reqs:
             return []
+        self.constraints.mask(logits, reqs)
         batch = SamplingBatch.build(
             [r.params for r in reqs], logits.device, logits.shape[-1], self.finisher.eos_token_ids
         )
@@ -241,6 +320,7 @@ class Scheduler:
             req.first_token_at = time.perf_counter()
         self.stats.generated_tokens += 1
         text = self.finisher.check(req, token)
+        self.constraints.accept(req, token)
         if req.finished:
             self._retire(req, [token], text, outputs)
         else:
@@ -281,6 +361,7 @@ class Scheduler:
             "prefill_tokens": st.prefill_tokens,
             "generated_tokens": st.generated_tokens,
             "decode_steps": st.decode_steps,
+            "jump_forward_tokens": st.jump_forward_tokens,
             "retractions": st.retractions,
             "num_running_reqs": len(self.running) + (1 if self.chunked else 0),
             "num_waiting_reqs": len(self.waiting),
@@ -302,6 +383,7 @@ class SchedulerStats:
     prefill_tokens: int = 0  # actually computed (includes recomputation after retraction)
     generated_tokens: int = 0
     decode_steps: int = 0
+    jump_forward_tokens: int = 0  # output tokens that came from a grammar's forced text
     retractions: int = 0
 
     @property

@@ -18,6 +18,7 @@ from fastapi import Request
 
 from radixlm.engine.client import EngineClient, EngineRequestError
 from radixlm.engine.messages import ChunkMsg, GenerateMsg
+from radixlm.grammar import GrammarError, validate_grammar
 from radixlm.sampling.params import SamplingParams, SamplingParamsError
 from radixlm.server.errors import ApiError, sampling_error
 from radixlm.server.state import ServerState
@@ -57,8 +58,7 @@ def plan(
             raise ApiError(400, f"n: at most {state.cfg.max_n} samples per request (got "
                            f"{params.n}; see --max-n)", param="n")  # fmt: skip
         if params.grammar is not None:
-            field = (names or {}).get(params.grammar[0], params.grammar[0])
-            raise ApiError(400, f"{field}: constrained decoding is not supported", param=field)
+            check_grammar(params.grammar, names)
         if params.stop_regexes:
             raise ApiError(400, "stop_regex: not supported", param="stop_regex")
         state.check_length(ids, params.max_new_tokens, prompt_param)
@@ -82,6 +82,15 @@ def plan(
                 )
             )
     return msgs
+
+
+def check_grammar(grammar: tuple[str, str], names: dict[str, str] | None) -> None:
+    """400 naming the field (under the API's name) when the grammar cannot be compiled."""
+    field = (names or {}).get(grammar[0], grammar[0])
+    try:
+        validate_grammar(*grammar)
+    except GrammarError as e:
+        raise ApiError(400, f"{field}: {e.reason}", param=field) from None
 
 
 def result_of(text: str, ids: list[int], last: ChunkMsg) -> dict[str, Any]:

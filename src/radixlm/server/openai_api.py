@@ -20,7 +20,12 @@ from radixlm.server.openai_format import (
     finish_reason,
     usage,
 )
-from radixlm.server.protocol import ChatCompletionRequest, CompletionRequest, _OpenAISampling
+from radixlm.server.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    ResponseFormat,
+    _OpenAISampling,
+)
 from radixlm.server.state import ServerState
 from radixlm.tokenizer import ChatTemplateError
 
@@ -49,7 +54,31 @@ def _sampling(body: _OpenAISampling, max_new_tokens: int) -> dict[str, Any]:
         "logit_bias": body.logit_bias,
         "ignore_eos": body.ignore_eos,
         "skip_special_tokens": body.skip_special_tokens,
+        "regex": body.regex,
+        "json_schema": body.json_schema,
+        "ebnf": body.ebnf,
+        **_response_format(body.response_format),
     }
+
+
+def _response_format(fmt: ResponseFormat | None) -> dict[str, Any]:
+    """`response_format` as a sampling constraint: any JSON object, or a given schema."""
+    if fmt is None or fmt.type == "text":
+        return {}
+    if fmt.type == "json_object":
+        return {"json_schema": {"type": "object"}}
+    if fmt.json_schema is None:
+        raise ApiError(400, "response_format.json_schema: required when type is json_schema",
+                       param="response_format.json_schema")  # fmt: skip
+    return {"json_schema": fmt.json_schema.schema_}
+
+
+def _field_names(body: _OpenAISampling) -> dict[str, str]:
+    """Sampling field -> request field for error messages (a schema may be response_format)."""
+    fmt = body.response_format
+    if fmt is not None and fmt.type != "text" and body.json_schema is None:
+        return {**FIELD_NAMES, "json_schema": "response_format"}
+    return FIELD_NAMES
 
 
 def _max_tokens(state: ServerState, requested: int | None, prompts: list[list[int]]) -> int:
@@ -118,7 +147,7 @@ async def completions(request: Request, body: CompletionRequest) -> Response:
         return_text_in_logprobs=True,
     )
     msgs = plan(state, prompts, [sp] * len(prompts), [None] * len(prompts), lp, "prompt",
-                FIELD_NAMES, cache_salt=body.cache_salt)  # fmt: skip
+                _field_names(body), cache_salt=body.cache_salt)  # fmt: skip
     rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
     head = {"id": rid, "object": "text_completion", "created": created, "model": state.model_name}
     if body.stream:
@@ -165,9 +194,6 @@ async def chat_completions(request: Request, body: ChatCompletionRequest) -> Res
     state: ServerState = request.app.state.server
     client = state.engine()
     state.check_model(body.model)
-    if body.response_format is not None and body.response_format.type != "text":
-        raise ApiError(400, "response_format: structured output is not supported yet",
-                       param="response_format")  # fmt: skip
     ids = _chat_prompt(state, body)
     requested = body.max_completion_tokens or body.max_tokens
     sp = _sampling(body, _max_tokens(state, requested, [ids]))
@@ -176,7 +202,7 @@ async def chat_completions(request: Request, body: ChatCompletionRequest) -> Res
         top_logprobs_num=(body.top_logprobs or 0) if body.logprobs else 0,
         return_text_in_logprobs=True,
     )
-    msgs = plan(state, [ids], [sp], [None], lp, "messages", FIELD_NAMES, body.cache_salt)
+    msgs = plan(state, [ids], [sp], [None], lp, "messages", _field_names(body), body.cache_salt)
     rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     head = {"id": rid, "object": "chat.completion", "created": created, "model": state.model_name}
     if body.stream:

@@ -39,6 +39,20 @@ class StreamOptions(_Body):
     include_usage: bool = False
 
 
+class JsonSchemaFormat(_Body):
+    """`response_format.json_schema`: OpenAI's named schema (always enforced, `strict` or not)."""
+
+    name: str = "response"
+    description: str | None = None
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(_Body):
+    type: Literal["text", "json_object", "json_schema"] = "text"
+    json_schema: JsonSchemaFormat | None = None
+
+
 class _OpenAISampling(_Body):
     """Sampling fields shared by completions and chat completions (plus SGLang extras)."""
 
@@ -56,6 +70,10 @@ class _OpenAISampling(_Body):
     seed: int | None = None
     logit_bias: dict[str, float] | None = None
     min_tokens: int | None = None
+    response_format: ResponseFormat | None = None
+    regex: str | None = None  # SGLang / vLLM extras: at most one constraint in all
+    json_schema: str | dict[str, Any] | None = None
+    ebnf: str | None = None
     ignore_eos: bool | None = None
     skip_special_tokens: bool | None = None
     stream: bool = False
@@ -80,10 +98,6 @@ class ChatMessage(_Body):
     name: str | None = None
 
 
-class ResponseFormat(_Body):
-    type: Literal["text", "json_object", "json_schema"] = "text"
-
-
 class ChatCompletionRequest(_OpenAISampling):
     """`POST /v1/chat/completions`."""
 
@@ -92,4 +106,3 @@ class ChatCompletionRequest(_OpenAISampling):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
-    response_format: ResponseFormat | None = None

@@ -1,7 +1,8 @@
 """`radixlm` console entry point: parse flags, dispatch to a subcommand.
 
 `radixlm serve` runs the HTTP server (see `radixlm.launch_server`); `radixlm chat`
-and `radixlm generate` talk to the model in the terminal.
+and `radixlm generate` talk to the model in the terminal; `radixlm bench` measures a
+server (see `radixlm.bench`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ if "serve" in sys.argv[1:4]:
 import logging
 
 from radixlm.server.args import (
+    bench_config_from_args,
     build_parser,
     chat_config_from_args,
     server_config_from_args,
@@ -51,6 +53,14 @@ def main(argv: list[str] | None = None) -> int:
         except (ModelNotFoundError, ValueError) as e:
             print(f"radixlm: error: {e}", file=sys.stderr)
             return 1
+    if ns.command == "bench":
+        try:
+            bench_cfg = bench_config_from_args(ns)
+        except ValueError as e:
+            parser.error(str(e))
+        from radixlm.bench.main import run_bench
+
+        return run_bench(bench_cfg)
     parser.error(f"unknown command {ns.command!r}")
     return 2
 

@@ -146,6 +146,64 @@ def build_server_parser(prog: str = "radixlm.launch_server") -> argparse.Argumen
     return parser
 
 
+def _add_bench_args(p: argparse.ArgumentParser) -> None:
+    from radixlm.bench.config import BACKENDS
+
+    sub = p.add_subparsers(dest="bench_command", required=True)
+    r = sub.add_parser("run", help="send a workload to a system, write a JSON record")
+    r.add_argument("--backend", choices=BACKENDS, default="native")
+    r.add_argument("--base-url", default=None, help="the server, e.g. http://127.0.0.1:30000")
+    r.add_argument("--workload", default="shared-prefix", help="see `radixlm bench workloads`")
+    r.add_argument("--param", action="append", default=[], metavar="KEY=INT",
+                   help="a workload parameter, e.g. --param groups=4 (repeatable)")  # fmt: skip
+    r.add_argument("--model", default=None, help="OpenAI model name, or the transformers model")
+    r.add_argument("--tokenizer", default=None, help="HF dir, .gguf, or model name")
+    r.add_argument("--label", default=None, help="the system's name in reports")
+    r.add_argument("--request-rate", type=float, default=float("inf"), help="req/s (inf: all)")
+    r.add_argument("--max-concurrency", type=int, default=None)
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--output", default=None, help="write the JSON record here")
+    r.add_argument("--no-progress", action="store_true")
+    r.add_argument("--no-warmup", action="store_true")
+    r.add_argument("--dtype", default="float32", help="transformers backend weights dtype")
+    rep = sub.add_parser("report", help="records -> markdown table and PNG plots")
+    rep.add_argument("records", nargs="+", help="JSON records of `radixlm bench run`")
+    rep.add_argument("--markdown", default=None, help="write (or update) this markdown file")
+    rep.add_argument("--img-dir", default=None, help="write the PNG plots here")
+    rep.add_argument("--baseline", action="append", default=[], help="label to compare with")
+    sub.add_parser("workloads", help="list the workloads and their parameters")
+
+
+def bench_config_from_args(ns: argparse.Namespace) -> Any:
+    """A BenchRunConfig, BenchReportConfig or BenchListConfig; ValueError names the flag."""
+    from radixlm.bench.config import BenchListConfig, BenchReportConfig, BenchRunConfig
+
+    if ns.bench_command == "workloads":
+        return BenchListConfig()
+    if ns.bench_command == "report":
+        return BenchReportConfig(tuple(ns.records), ns.markdown, ns.img_dir, tuple(ns.baseline))
+    params: dict[str, int] = {}
+    for item in ns.param:
+        key, sep, value = item.partition("=")
+        if not sep or not value.lstrip("-").isdigit():
+            raise ValueError(f"--param: expected KEY=INT, got {item!r}")
+        params[key.replace("-", "_")] = int(value)
+    if ns.backend != "transformers" and not ns.base_url:
+        raise ValueError(f"--base-url: required for the {ns.backend} backend")
+    if ns.backend == "transformers" and not ns.model:
+        raise ValueError("--model: required for the transformers backend")
+    if not ns.request_rate > 0:
+        raise ValueError("--request-rate: must be positive (inf: all at once)")
+    if ns.max_concurrency is not None and ns.max_concurrency < 1:
+        raise ValueError("--max-concurrency: must be at least 1")
+    return BenchRunConfig(
+        backend=ns.backend, workload=ns.workload, params=params, base_url=ns.base_url,
+        model=ns.model, tokenizer=ns.tokenizer, label=ns.label, request_rate=ns.request_rate,
+        max_concurrency=ns.max_concurrency, seed=ns.seed, output=ns.output,
+        progress=not ns.no_progress, warmup=not ns.no_warmup, dtype=ns.dtype,
+    )  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="radixlm", description="radixlm LLM engine")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
@@ -153,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_server_args(sub.add_parser("serve", help="serve the OpenAI and SGLang HTTP APIs"))
     _add_chat_args(sub.add_parser("chat", help="chat with the model in the terminal"))
     _add_chat_args(sub.add_parser("generate", help="one-shot or interactive generation"))
+    _add_bench_args(sub.add_parser("bench", help="benchmark a server: run workloads, report"))
     return parser
 
 

@@ -9,11 +9,13 @@ import torch
 from radixlm.grammar.base import GrammarError
 from radixlm.grammar.schema_check import load_schema
 
-# xgrammar writes the character class of a string with minLength/maxLength as
-# [^"\\\r\n], which admits raw control characters that JSON forbids (0.2.x). Swapped
-# for the class its plain strings use, minus escapes (those strings count characters).
-_LOOSE_STRING_CHAR = r"[^\"\\\r\n]"
-_JSON_STRING_CHAR = r"[^\0-\x1f\"\\]"
+# xgrammar (0.2.x) writes a JSON string's character class as [^\0-\x1f"\\\r\n], or as
+# [^"\\\r\n] when the string has length bounds (which admits raw control characters,
+# invalid JSON); both admit UTF-16 surrogate code points, whose UTF-8 form is not valid
+# UTF-8 (text decodes them as U+FFFD, breaking maxLength). Both are swapped for the
+# JSON character class without surrogates.
+_STRING_CHAR_CLASSES = (r"[^\0-\x1f\"\\\r\n]", r"[^\"\\\r\n]")
+_JSON_STRING_CHAR = r"[^\0-\x1f\"\\\ud800-\udfff]"
 
 
 def _import_xgrammar() -> Any:
@@ -104,10 +106,10 @@ def parse_grammar(kind: str, spec: str) -> Any:
         if kind == "json_schema":
             load_schema(kind, spec)
             g = xgr.Grammar.from_json_schema(spec, any_whitespace=False)
-            text = str(g)
-            if _LOOSE_STRING_CHAR in text:
-                g = xgr.Grammar.from_ebnf(text.replace(_LOOSE_STRING_CHAR, _JSON_STRING_CHAR))
-            return g
+            text = fixed = str(g)
+            for cls in _STRING_CHAR_CLASSES:
+                fixed = fixed.replace(cls, _JSON_STRING_CHAR)
+            return g if fixed == text else xgr.Grammar.from_ebnf(fixed)
     except GrammarError:
         raise
     except Exception as e:  # xgrammar raises RuntimeError/ValueError with a parser message

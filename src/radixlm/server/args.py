@@ -102,6 +102,14 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
     e.add_argument("--chunked-prefill-size", type=int, default=None)
     e.add_argument("--max-prefill-tokens", type=int, default=None)
     e.add_argument("--max-running-requests", type=int, default=None)
+    e.add_argument(
+        "--grammar-backend", default="xgrammar", choices=["xgrammar", "none"],
+        help="constrained decoding (regex, json_schema, ebnf); none turns it off",
+    )  # fmt: skip
+    e.add_argument(
+        "--disable-jump-forward", action="store_true",
+        help="decode a grammar's forced text token by token (for comparison)",
+    )  # fmt: skip
 
 
 def server_config_from_args(ns: argparse.Namespace) -> ServerConfig:
@@ -119,6 +127,8 @@ def server_config_from_args(ns: argparse.Namespace) -> ServerConfig:
     engine: dict[str, Any] = {"model": ns.model, "dtype": ns.dtype, "device": ns.device}
     engine["schedule_policy"] = ns.schedule_policy
     engine["disable_radix_cache"] = ns.disable_radix_cache
+    engine["grammar_backend"] = ns.grammar_backend
+    engine["disable_jump_forward"] = ns.disable_jump_forward
     for name in ("max_total_tokens", "mem_fraction", "chunked_prefill_size"):
         if getattr(ns, name) is not None:
             engine[name] = getattr(ns, name)

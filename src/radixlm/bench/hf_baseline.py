@@ -9,6 +9,7 @@ server that works this way.
 from __future__ import annotations
 
 import asyncio
+import copy
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -64,12 +65,21 @@ class TransformersBackend:
         import torch
 
         streamer = _TimingStreamer()
-        pad = self.model.generation_config.pad_token_id
+        # Greedy, exactly output_len tokens; eos neither stops nor is masked (ignore_eos).
+        gen = copy.deepcopy(self.model.generation_config)
+        gen.update(
+            do_sample=False,
+            max_new_tokens=output_len,
+            eos_token_id=None,
+            pad_token_id=gen.pad_token_id or 0,
+            temperature=None,
+            top_p=None,
+            top_k=None,
+        )
         with torch.inference_mode():
             out = self.model.generate(
                 torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                max_new_tokens=output_len, min_new_tokens=output_len, do_sample=False,
-                streamer=streamer, pad_token_id=0 if pad is None else pad,
+                generation_config=gen, streamer=streamer,
             )  # fmt: skip
         return out[0, len(ids) :].tolist(), streamer.times
 

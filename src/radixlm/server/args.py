@@ -198,6 +198,12 @@ def bench_config_from_args(ns: argparse.Namespace) -> Any:
         if not sep or not value.lstrip("-").isdigit():
             raise ValueError(f"--param: expected KEY=INT, got {item!r}")
         params[key.replace("-", "_")] = int(value)
+    from radixlm.bench.workloads import workload_params
+
+    try:
+        workload_params(ns.workload, params)
+    except ValueError as e:
+        raise ValueError(f"--workload/--param: {e}") from None
     if ns.backend != "transformers" and not ns.base_url:
         raise ValueError(f"--base-url: required for the {ns.backend} backend")
     if ns.backend == "transformers" and not ns.model:

@@ -265,6 +265,8 @@ def test_bad_bench_flags_name_the_flag(capsys):
     assert rc == 2 and "--param" in err
     rc, err = bench_here(capsys, "run", "--base-url", "http://127.0.0.1:9", "--workload", "nope")
     assert rc == 2 and "unknown workload 'nope'" in err
+    rc, err = bench_here(capsys, "run", "--base-url", "http://127.0.0.1:9", "--no-progress")
+    assert rc == 2 and "cannot reach http://127.0.0.1:9" in err and "Traceback" not in err
     from radixlm.cli import main
 
     assert main(["bench", "workloads"]) == 0

@@ -8,6 +8,8 @@ import logging
 import sys
 from typing import Any
 
+import httpx
+
 from radixlm.bench.config import BenchListConfig, BenchReportConfig, BenchRunConfig
 from radixlm.bench.record import build_record, write_record
 from radixlm.bench.runner import run_workload
@@ -19,7 +21,6 @@ def _tokenizer_source(cfg: BenchRunConfig) -> str:
     """Where the tokenizer comes from: --tokenizer, --model, or the server's model path."""
     if cfg.tokenizer or cfg.model:
         return cfg.tokenizer or cfg.model  # type: ignore[return-value]
-    import httpx
 
     assert cfg.base_url is not None
     res = httpx.get(f"{cfg.base_url.rstrip('/')}/get_model_info", timeout=30)
@@ -109,8 +110,11 @@ def run_bench(cfg: BenchRunConfig | BenchReportConfig | BenchListConfig) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per request
     try:
         record = asyncio.run(_run(cfg))
-    except ValueError as e:
+    except (ValueError, OSError, RuntimeError) as e:  # bad input, no model, no server
         print(f"radixlm bench: error: {e}", file=sys.stderr)
+        return 2
+    except httpx.HTTPError as e:
+        print(f"radixlm bench: error: cannot reach {cfg.base_url}: {e}", file=sys.stderr)
         return 2
     if cfg.output:
         write_record(record, cfg.output)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -67,7 +69,24 @@ def _per_prompt(value: Any, n: int, field: str, kind: type) -> list[Any]:
     return [value] * n
 
 
-@router.post("/generate")
+def sglang_prompt_logprobs(meta: dict[str, Any], logprob_start_len: int) -> dict[str, Any]:
+    """`meta` with SGLang's null at the first prompt-logprob entry; returns `meta` (changed).
+
+    SGLang scores prompt tokens only from the position after `logprob_start_len`: the
+    entry of the token at `logprob_start_len` itself carries a null logprob (and null top
+    logprobs), wherever it starts. Clients average the non-null entries (the frontend's
+    `select`), so the same entries must be null here to give SGLang's numbers.
+    """
+    entries = meta.get("input_token_logprobs")
+    if logprob_start_len > 0 and entries:
+        entries[0] = [None, *entries[0][1:]]
+        tops = meta.get("input_top_logprobs")
+        if tops:
+            tops[0] = None
+    return meta
+
+
+@router.api_route("/generate", methods=["POST", "PUT"])
 async def generate(request: Request, body: GenerateRequest) -> Response:
     """SGLang's /generate: a result object (a list for a list input), or an SSE stream."""
     state = _state(request)
@@ -86,6 +105,8 @@ async def generate(request: Request, body: GenerateRequest) -> Response:
     if body.stream:
         return StreamingResponse(_stream(state, msgs), media_type="text/event-stream")
     results = await collect_unless_gone(request, client, msgs)
+    for r in results:
+        sglang_prompt_logprobs(r["meta_info"], lp.logprob_start_len)
     return JSONResponse(results[0] if single and len(results) == 1 else results)
 
 
@@ -104,6 +125,7 @@ async def _stream(state: ServerState, msgs: list) -> AsyncIterator[str]:
             meta["output_token_logprobs"] = chunk.output_logprobs
         if chunk.final_logprobs is not None:
             meta |= {k: v for k, v in chunk.final_logprobs.items() if "output" not in k}
+            sglang_prompt_logprobs(meta, msgs[i].logprob_start_len)
         out = {"text": text[i], "output_ids": list(ids[i]), "meta_info": meta}
         if len(msgs) > 1:
             out["index"] = i
@@ -133,17 +155,38 @@ async def health_generate(request: Request) -> Response:
     return Response(status_code=200)
 
 
+def tokenizer_path(state: ServerState) -> str:
+    """A directory `AutoTokenizer.from_pretrained` loads, else the model's path.
+
+    For an HF model directory that is the directory itself; for a GGUF file, the folder
+    its converted tokenizer was read from (radixlm's tokenizer cache) when there is one.
+    Clients such as SGLang's `bench_serving` load their tokenizer from this path.
+    """
+    name = getattr(state.tokenizer.hf_tokenizer, "name_or_path", "") or ""
+    if name and (Path(name) / "tokenizer_config.json").is_file():
+        return name
+    return str(state.info["model_path"])
+
+
 @router.get("/get_model_info")
+@router.get("/model_info")
 async def get_model_info(request: Request) -> dict[str, Any]:
-    """`{"model_path", "tokenizer_path", "is_generation"}` plus the served name, and the
-    chat template (Jinja) and eos token text, from which `radixlm.lang` writes role turns."""
+    """SGLang's model info (`model_path`, `tokenizer_path`, `is_generation`, ...) plus the
+    chat template (Jinja) and eos token text, from which `radixlm.lang` writes role turns.
+
+    SGLang's frontend picks its chat template from `model_path`; its `bench_serving`
+    loads a tokenizer from `tokenizer_path`.
+    """
     state = _state(request)
-    path = state.info["model_path"]
     return {
-        "model_path": path,
-        "tokenizer_path": path,
+        "model_path": state.info["model_path"],
+        "tokenizer_path": tokenizer_path(state),
         "is_generation": True,
         "served_model_name": state.model_name,
+        "model_type": state.info.get("architecture"),
+        "preferred_sampling_params": None,
+        "has_image_understanding": False,
+        "has_audio_understanding": False,
         "chat_template": state.tokenizer.chat_template,
         "eos_token": state.tokenizer.hf_tokenizer.eos_token,
     }
@@ -175,11 +218,31 @@ async def metrics(request: Request) -> Response:
     return Response(state.metrics.render(stats), media_type=CONTENT_TYPE_LATEST)
 
 
-@router.post("/flush_cache")
-async def flush_cache(request: Request) -> dict[str, Any]:
-    """Empty the prefix cache; 400 while requests are in flight."""
-    if not await _state(request).engine().call("flush_cache"):
-        raise ApiError(400, "cannot flush the cache while requests are queued or running")
+@router.get("/ready")
+async def ready(request: Request) -> Response:
+    """200 once the server takes requests; 503 while starting or stopping (SGLang's /ready)."""
+    _state(request).engine()
+    return Response(status_code=200)
+
+
+FLUSH_RETRY_S = 0.05  # how often a flush with a timeout asks again while requests run
+
+
+@router.api_route("/flush_cache", methods=["GET", "POST"])
+async def flush_cache(
+    request: Request, timeout: float = Query(0.0, ge=0.0, le=3600.0)
+) -> dict[str, Any]:
+    """Empty the prefix cache; 400 while requests are in flight.
+
+    With `timeout` (seconds, SGLang's query parameter) it waits up to that long for the
+    requests in flight to finish before giving up with 400.
+    """
+    client = _state(request).engine()
+    deadline = time.monotonic() + timeout
+    while not await client.call("flush_cache"):
+        if time.monotonic() >= deadline:
+            raise ApiError(400, "cannot flush the cache while requests are queued or running")
+        await asyncio.sleep(FLUSH_RETRY_S)
     return {"success": True, "message": "the prefix cache was flushed"}
 
 

@@ -107,3 +107,17 @@ def test_bad_grammars_are_a_400_naming_the_field(server, route, body, param, wor
     ok = httpx.post(f"{server.url}/generate", timeout=30,
                     json={"text": "x", "sampling_params": {"regex": "ab", "max_new_tokens": 4}})
     assert ok.status_code == 200 and ok.json()["text"] == "ab"
+
+
+def test_streamed_logprobs_line_up_with_jump_forward_steps(server):
+    body = {"text": "item:", "stream": True, "return_logprob": True,
+            "sampling_params": {"json_schema": json.dumps(ITEM), "max_new_tokens": 96,
+                                "temperature": 0}}  # fmt: skip
+    whole = httpx.post(f"{server.url}/generate", json={**body, "stream": False}, timeout=60)
+    with httpx.stream("POST", f"{server.url}/generate", json=body, timeout=60) as res:
+        chunks = [json.loads(ln[6:]) for ln in res.iter_lines()
+                  if ln.startswith("data: ") and ln != "data: [DONE]"]  # fmt: skip
+    entries = [e for c in chunks for e in c["meta_info"]["output_token_logprobs"]]
+    assert [e[1] for e in entries] == whole.json()["output_ids"]
+    assert chunks[-1]["text"] == whole.json()["text"]
+    assert len(chunks) < len(entries)  # some chunks carried a whole jump-forward draft

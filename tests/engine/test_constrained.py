@@ -202,3 +202,16 @@ def test_bad_grammars_fail_only_their_request(engine_factory):
             eng.generate("x", sp)
     assert eng.generate("x", {"regex": "ab+", "max_new_tokens": 4})["text"].startswith("ab")
     assert_clean(eng)
+
+
+def test_streaming_with_jump_forward_sends_each_step_once(engine_factory):
+    eng = engine_factory("llama")
+    sp = {"json_schema": json.dumps(FIXED_KEYS), "max_new_tokens": 150, "temperature": 0}
+    whole = eng.generate("stream", sp)
+    chunks = list(eng.generate_stream("stream", sp))
+    ids = [t for c in chunks for t in c["output_ids"]]
+    assert ids == whole["output_ids"] and chunks[-1]["text"] == whole["text"]
+    assert "".join(c["text_delta"] for c in chunks) == whole["text"]
+    assert max(len(c["output_ids"]) for c in chunks) > 1  # a draft landed in one step
+    assert len(chunks) < len(ids)
+    assert_clean(eng)

@@ -231,13 +231,14 @@ class Scheduler:
             r.kv_slots = r.kv_slots[: r.kv_len - len(d)]
         used = [0] * len(reqs)
         going, j = list(range(len(reqs))), 0
+        step_outputs: list[StepOutput] = []
         while going:
             rows = [extra[i][j] if j < len(drafts[i]) else last[i] for i in going]  # type: ignore[index]
             tokens = self._sample([reqs[i] for i in going], torch.stack(rows))
             nxt = []
             for i, token in zip(going, tokens, strict=True):
                 req = reqs[i]
-                self._append(req, token, outputs)
+                self._append(req, token, step_outputs)
                 if not req.finished and j < len(drafts[i]) and token == drafts[i][j]:
                     req.kv_slots = torch.cat([req.kv_slots, spare[i][j : j + 1]])
                     used[i] += 1
@@ -247,6 +248,13 @@ class Scheduler:
         for i, slots in enumerate(spare):
             if used[i] < len(slots):
                 self.kv.pool.free(slots[used[i] :])
+        merged: dict[int, StepOutput] = {}  # one output per request and step
+        for o in step_outputs:
+            prev = merged.get(id(o.req))
+            merged[id(o.req)] = o if prev is None else StepOutput(
+                o.req, prev.new_ids + o.new_ids, prev.text + o.text, o.finished
+            )
+        outputs.extend(merged.values())
 
     def _reserve_decode_slots(self) -> bool:
         """Give every running request one slot for this step (more for a draft).

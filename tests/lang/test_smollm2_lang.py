@@ -45,8 +45,9 @@ def multiple_choice(s, question, choices):
 
 
 @pytest.fixture(scope="module")
-def smollm2_engine(smollm2_path):
-    eng = radixlm.Engine(model=str(smollm2_path), max_total_tokens=16384)
+def smollm2_engine(smollm2):
+    loaded, tokenizer = smollm2  # the session's copy of the weights, loaded once
+    eng = radixlm.Engine(loaded=loaded, tokenizer=tokenizer, max_total_tokens=16384)
     yield eng
     eng.shutdown()
 

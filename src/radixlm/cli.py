@@ -15,7 +15,10 @@ if "serve" in sys.argv[1:4]:
     # HTTP process and the engine process (which inherits it) do not steal each other's cores.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import argparse
 import logging
+from collections.abc import Callable
+from typing import TypeVar
 
 from radixlm.server.args import (
     bench_config_from_args,
@@ -23,6 +26,8 @@ from radixlm.server.args import (
     chat_config_from_args,
     server_config_from_args,
 )
+
+T = TypeVar("T")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,35 +37,30 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=ns.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    if ns.command == "serve":
+
+    def config(from_args: Callable[[argparse.Namespace], T]) -> T:
         try:
-            cfg = server_config_from_args(ns)
+            return from_args(ns)
         except ValueError as e:
-            parser.error(str(e))
+            parser.error(str(e))  # exits
+
+    if ns.command == "serve":
         from radixlm.launch_server import run_server
 
-        return run_server(cfg)
+        return run_server(config(server_config_from_args))
     if ns.command in ("chat", "generate"):
-        try:
-            chat_cfg = chat_config_from_args(ns)
-        except ValueError as e:
-            parser.error(str(e))
         from radixlm.chat import run_chat
         from radixlm.loader import ModelNotFoundError
 
         try:
-            return run_chat(chat_cfg)
+            return run_chat(config(chat_config_from_args))
         except (ModelNotFoundError, ValueError) as e:
             print(f"radixlm: error: {e}", file=sys.stderr)
             return 1
     if ns.command == "bench":
-        try:
-            bench_cfg = bench_config_from_args(ns)
-        except ValueError as e:
-            parser.error(str(e))
         from radixlm.bench.main import run_bench
 
-        return run_bench(bench_cfg)
+        return run_bench(config(bench_config_from_args))
     parser.error(f"unknown command {ns.command!r}")
     return 2
 

@@ -215,3 +215,11 @@ def test_streaming_with_jump_forward_sends_each_step_once(engine_factory):
     assert max(len(c["output_ids"]) for c in chunks) > 1  # a draft landed in one step
     assert len(chunks) < len(ids)
     assert_clean(eng)
+
+
+def test_grammar_backend_none_refuses_constraints(engine_factory):
+    eng = engine_factory("llama", grammar_backend="none")
+    with pytest.raises(ValueError, match="regex: constrained decoding is disabled"):
+        eng.generate("x", {"regex": "a+"})
+    assert eng.generate("x", {"max_new_tokens": 2})["meta_info"]["completion_tokens"] == 2
+    assert_clean(eng)

@@ -6,8 +6,10 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import httpx
@@ -74,3 +76,14 @@ def stop_server(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> int:
         proc.kill()
         proc.wait()
         raise
+
+
+def serve(model: str, max_total_tokens: int, timeout: float = 90.0) -> Iterator[str]:
+    """Start `radixlm.launch_server` on `model`, yield its URL, stop it (a fixture's body)."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "radixlm.launch_server", "--log-level", "warning",
+           "--model", model, "--port", str(port),
+           "--max-total-tokens", str(max_total_tokens)]  # fmt: skip
+    proc = start_server(cmd, port, timeout=timeout)
+    yield f"http://127.0.0.1:{port}"
+    stop_server(proc)

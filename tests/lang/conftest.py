@@ -6,10 +6,8 @@ results compared. Tests take `backend` (parametrized over both) or a specific on
 
 from __future__ import annotations
 
-import sys
-
 import pytest
-from e2e.server_process import free_port, start_server, stop_server
+from e2e.server_process import serve
 
 import radixlm
 import radixlm.lang as rl
@@ -27,13 +25,7 @@ def lang_engine(tiny_model_factory):
 @pytest.fixture(scope="session")
 def lang_server(tiny_model_factory):
     """The URL of a live `radixlm.launch_server` on the tiny llama model."""
-    port = free_port()
-    cmd = [sys.executable, "-m", "radixlm.launch_server", "--log-level", "warning",
-           "--model", str(tiny_model_factory("llama")), "--port", str(port),
-           "--max-total-tokens", "4096"]  # fmt: skip
-    proc = start_server(cmd, port)
-    yield f"http://127.0.0.1:{port}"
-    stop_server(proc)
+    yield from serve(str(tiny_model_factory("llama")), 4096)
 
 
 def flush(backend: rl.Backend) -> None:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import sys
-
 import pytest
-from e2e.server_process import free_port, start_server, stop_server
+from e2e.server_process import serve
 from lang.oracle import oracle_cached_tokens
 
 import radixlm
@@ -54,12 +52,7 @@ def smollm2_engine(smollm2):
 
 @pytest.fixture(scope="module")
 def smollm2_server(smollm2_path):
-    port = free_port()
-    cmd = [sys.executable, "-m", "radixlm.launch_server", "--log-level", "warning",
-           "--model", str(smollm2_path), "--port", str(port), "--max-total-tokens", "16384"]
-    proc = start_server(cmd, port, timeout=180)
-    yield f"http://127.0.0.1:{port}"
-    stop_server(proc)
+    yield from serve(str(smollm2_path), 16384, timeout=180)
 
 
 def test_select_answers_alike_on_engine_and_server(smollm2_engine, smollm2_server):

@@ -49,9 +49,6 @@ class GrammarBackend(Protocol):
 
     name: str
 
-    def validate(self, kind: str, spec: str) -> None:
-        """Parse the grammar without the tokenizer; raise GrammarError(kind, why) if invalid."""
-
     def compile(self, kind: str, spec: str) -> Any:
         """The compiled grammar (slow: seconds for a big schema). Raises GrammarError."""
 

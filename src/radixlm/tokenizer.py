@@ -260,16 +260,19 @@ def _gguf_tokenizer(path: Path) -> Any:
         except (OSError, ValueError) as e:  # a damaged entry: convert again
             log.warning("ignoring tokenizer cache %s: %s", cache, e)
     hf = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name, local_files_only=True)
-    if cache is not None:
-        _save_atomically(hf, cache)
-    return hf
+    if cache is None or not _save_atomically(hf, cache):
+        return hf
+    # Read back what was saved: the first run then has the same tokenizer as later ones,
+    # and its `name_or_path` is a folder other clients can load (see /model_info).
+    return AutoTokenizer.from_pretrained(str(cache), local_files_only=True)
 
 
-def _save_atomically(hf: Any, target: Path) -> None:
+def _save_atomically(hf: Any, target: Path) -> bool:
     """Save tokenizer `hf` as directory `target` (temp dir + rename); failures only warn.
 
     The rename is atomic, so a concurrent loader sees a whole entry or none;
-    when another process renamed first, its entry stays.
+    when another process renamed first, its entry stays. Returns whether `target`
+    now holds an entry.
     """
     tmp = None
     try:
@@ -282,6 +285,8 @@ def _save_atomically(hf: Any, target: Path) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
         if not target.is_dir():
             log.warning("could not cache the tokenizer in %s: %s", target, e)
+            return False
+    return True
 
 
 def _generation_config_eos_ids(model_dir: Path) -> list[int]:

@@ -10,6 +10,7 @@ import httpx
 import pytest
 from e2e.server_process import (
     Server,
+    fault_env,
     free_port,
     pid_alive,
     read_log,
@@ -18,8 +19,8 @@ from e2e.server_process import (
 )
 
 
-def run_server(model: str, argv: list[str], sig: int):
-    """Start a server with `argv` (+ model and port), yield it, stop it with `sig`.
+def run_server(model: str, argv: list[str], sig: int, env: dict[str, str] | None = None):
+    """Start a server with `argv` (+ model and port) and `env`, yield it, stop it with `sig`.
 
     On the way out: the exit is clean, the banner said where it listened and the
     KV capacity, and the engine process is gone.
@@ -27,7 +28,7 @@ def run_server(model: str, argv: list[str], sig: int):
     port = free_port()
     cmd = [sys.executable, "-m", *argv, "--model", model, "--port", str(port),
            "--max-total-tokens", "4096"]  # fmt: skip
-    proc = start_server(cmd, port)
+    proc = start_server(cmd, port, env=env)
     url = f"http://127.0.0.1:{port}"
     engine_pid = httpx.get(f"{url}/get_server_info").json()["engine_pid"]
     yield Server(url, proc, model)
@@ -40,15 +41,24 @@ def run_server(model: str, argv: list[str], sig: int):
     assert not pid_alive(engine_pid), "the engine process outlived the server"
 
 
+LIMITED = ["radixlm.launch_server", "--log-level", "warning", "--max-n", "4",
+           "--queue-timeout", "1", "--max-running-requests", "2"]  # fmt: skip
+
+
 @pytest.fixture(scope="session")
 def server(tiny_model_factory):
     """`python -m radixlm.launch_server` on the tiny llama model, stopped with SIGTERM.
 
     At most 2 running requests and a 1 s queue timeout, so queueing can be tested.
     """
-    argv = ["radixlm.launch_server", "--log-level", "warning", "--max-n", "4",
-            "--queue-timeout", "1", "--max-running-requests", "2"]  # fmt: skip
-    yield from run_server(str(tiny_model_factory("llama")), argv, signal.SIGTERM)
+    yield from run_server(str(tiny_model_factory("llama")), LIMITED, signal.SIGTERM)
+
+
+@pytest.fixture(scope="module")
+def slow_server(tiny_model_factory):
+    """`server`, but every step takes 5 ms longer, so requests outlast short deadlines."""
+    env = fault_env(step_delay=0.005)
+    yield from run_server(str(tiny_model_factory("llama")), LIMITED, signal.SIGTERM, env)
 
 
 @pytest.fixture(scope="session")

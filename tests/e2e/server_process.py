@@ -11,8 +11,22 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
+
+FAULT_SITE = Path(__file__).resolve().parents[1] / "helpers" / "fault_site"
+
+
+def fault_env(faults: bool = False, step_delay: float = 0.0) -> dict[str, str]:
+    """Environment for a server whose forwards fail over POISON and/or take `step_delay` s
+    longer (see helpers/fault_site)."""
+    env = {"PYTHONPATH": str(FAULT_SITE)}
+    if faults:
+        env["RADIXLM_TEST_FAULTS"] = "1"
+    if step_delay:
+        env["RADIXLM_TEST_STEP_DELAY"] = str(step_delay)
+    return env
 
 
 def free_port() -> int:
@@ -28,14 +42,18 @@ class Server:
     model: str
 
 
-def start_server(cmd: list[str], port: int, timeout: float = 90.0) -> subprocess.Popen:
-    """Start `cmd` and wait until GET /health answers 200; returns the process.
+def start_server(
+    cmd: list[str], port: int, timeout: float = 90.0, env: dict[str, str] | None = None
+) -> subprocess.Popen:
+    """Start `cmd` (with `env` added to this environment) and wait until GET /health answers
+    200; returns the process.
 
     Its output goes to a temporary file (read it with `read_log`), never to a
     pipe nobody drains, which would block a chatty server.
     """
     log = tempfile.TemporaryFile("w+")  # noqa: SIM115 (closed with the process)
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True)
+    full_env = None if env is None else {**os.environ, **env}
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True, env=full_env)
     proc.log_file = log  # type: ignore[attr-defined]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -57,6 +75,17 @@ def read_log(proc: subprocess.Popen) -> str:
     log.flush()
     log.seek(0)
     return log.read()
+
+
+def idle_info(url: str, timeout: float = 10.0) -> dict:
+    """/get_server_info once nothing is running or waiting (or the last answer at the deadline)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        info = httpx.get(f"{url}/get_server_info").json()
+        idle = info["num_running_reqs"] == 0 and info["num_waiting_reqs"] == 0
+        if idle or time.monotonic() > deadline:
+            return info
+        time.sleep(0.1)
 
 
 def pid_alive(pid: int) -> bool:

@@ -1,5 +1,8 @@
 """Limits on the live `python -m radixlm.launch_server` server (--max-n 4, --queue-timeout 1,
---max-running-requests 2): n, queue timeouts, non-streaming disconnects, cache salts."""
+--max-running-requests 2): n, queue timeouts, non-streaming disconnects, cache salts.
+
+Tests that need requests to outlast a deadline use `slow_server`, whose every step takes
+5 ms longer: the tiny model alone decodes 480 tokens in well under a second."""
 
 from __future__ import annotations
 
@@ -9,17 +12,7 @@ import time
 import httpx
 import openai
 import pytest
-
-
-def idle_info(url: str, timeout: float = 10.0) -> dict:
-    """/get_server_info once nothing is running or waiting (or the last answer at the deadline)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        info = httpx.get(f"{url}/get_server_info").json()
-        idle = info["num_running_reqs"] == 0 and info["num_waiting_reqs"] == 0
-        if idle or time.monotonic() > deadline:
-            return info
-        time.sleep(0.1)
+from e2e.server_process import idle_info
 
 
 def test_n_above_max_n_is_a_400_naming_n(server):
@@ -31,7 +24,8 @@ def test_n_above_max_n_is_a_400_naming_n(server):
     assert httpx.post(f"{server.url}/generate", json=native).status_code == 200
 
 
-def test_request_waiting_past_the_queue_timeout_is_aborted(server):
+def test_request_waiting_past_the_queue_timeout_is_aborted(slow_server):
+    server = slow_server
     long = {"max_new_tokens": 480, "ignore_eos": True}
     rids = ["hog-0", "hog-1"]
 
@@ -59,7 +53,8 @@ def test_request_waiting_past_the_queue_timeout_is_aborted(server):
     assert idle_info(server.url)["integrity_error"] is None
 
 
-def test_non_streaming_disconnect_aborts_the_request(server):
+def test_non_streaming_disconnect_aborts_the_request(slow_server):
+    server = slow_server
     body = {"prompt": "hang up", "max_tokens": 450, "ignore_eos": True}
     before = httpx.get(f"{server.url}/get_server_info").json()["generated_tokens"]
     with pytest.raises(httpx.ReadTimeout):

@@ -127,6 +127,8 @@ def test_converted_tokenizer_cache_round_trips(tok, tmp_path, monkeypatch):
     first = load_tokenizer(path)  # converts and writes the entry
     entries = list((tmp_path / "tokenizers").iterdir())
     assert len(entries) == 1 and (entries[0] / "tokenizer.json").is_file()
+    # Even the converting run names the entry, a folder clients can load (/model_info).
+    assert first.hf_tokenizer.name_or_path == str(entries[0])
     second = load_tokenizer(path)  # reads the entry
     direct = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     for text in TEXTS:

@@ -8,9 +8,13 @@ explicit softmax(q k^T) v over the member's contiguous K/V within 1e-5.
 
 from __future__ import annotations
 
+from unittest import mock
+
+import hypothesis.strategies as st
 import pytest
 import torch
 from helpers.reference import reference_attention
+from hypothesis import HealthCheck, event, given, settings
 
 from radixlm.attention import cascade
 from radixlm.attention.cascade import SharedPrefix, attention_lse, find_shared_prefixes
@@ -192,3 +196,71 @@ def test_plan_shared_batches():
     assert cascade.plan_shared_batches([300, 4000, 290]) == [[1], [0, 2]]
     batches = cascade.plan_shared_batches([64, 5000, 70, 2000, 1990])
     assert sorted(i for b in batches for i in b) == list(range(5))
+
+
+# The prefill batch on which SGLang's bench_serving (generated-shared-prefix, 4 groups x 8,
+# system prompt 1024, question 64, all at once) crashed the engine on SmolLM2 (9 query heads,
+# 3 KV heads): three groups of seven, whose members cache all of their group's run or all
+# but its last token, then extend by their question. (cached, [extend of each member]):
+BENCH_SERVING_BATCH = [
+    (1087, [69, 65, 64], 1086, [70, 68, 70, 68]),
+    (1075, [64, 71, 68, 65], 1074, [74, 69, 74]),
+    (1069, [65, 68, 68, 70, 71, 64], 1068, [69]),
+]
+
+
+def test_bench_serving_batch_that_crashed():
+    # The runs (1086, 1074, 1068) share one padded call with a key mask; its 478 queries are
+    # attended in chunks, and each chunk must see the whole mask.
+    groups = [
+        (run, [(run, 0, e) for e in full] + [(short, 0, e) for e in rest])
+        for run, full, short, rest in BENCH_SERVING_BATCH
+    ]
+    ctx = run_case(groups, num_heads=9, num_kv_heads=3, seed=12)
+    assert shared_summary(ctx) == [(7, 1068), (7, 1074), (7, 1086)]
+    (sb,) = ctx.metadata.shared_batches
+    assert sb.hidden is not None
+    assert sb.batch * 9 * sb.q_len * sb.kv_len > cascade.SCORE_CHUNK_ELEMENTS  # chunked
+
+
+@st.composite
+def cascade_batches(draw):
+    """Groups for `run_case`: shared runs of random lengths, members that cache all or part
+    of their run (own part possibly empty) and extend by one token (decode) or more."""
+    groups = []
+    for _ in range(draw(st.integers(1, 4))):
+        run = draw(st.integers(0, 40))
+        members = []
+        for _ in range(draw(st.integers(1, 5))):
+            used = draw(st.integers(0, run)) if draw(st.booleans()) else run
+            own = draw(st.integers(0, 6)) if used == run else 0
+            extend = 1 if draw(st.booleans()) else draw(st.integers(1, 12))
+            members.append((used, own, extend))
+        groups.append((run, members))
+    return groups
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    groups=cascade_batches(),
+    heads=st.sampled_from([(4, 4), (6, 2), (9, 3)]),
+    min_tokens=st.integers(1, 8),
+    min_saved=st.integers(1, 24),
+    chunk=st.sampled_from([1, 64, 300, 1 << 22]),
+    seed=st.integers(0, 2**16),
+)
+def test_cascade_matches_dense_attention_on_random_batches(
+    groups, heads, min_tokens, min_saved, chunk, seed
+):
+    # Thresholds this low make short runs shared; chunk sizes this small split every call.
+    with (
+        mock.patch.object(cascade, "SHARED_MIN_TOKENS", min_tokens),
+        mock.patch.object(cascade, "SHARED_MIN_SAVED", min_saved),
+        mock.patch.object(cascade, "SCORE_CHUNK_ELEMENTS", chunk),
+    ):
+        ctx = run_case(groups, *heads, seed=seed)  # checks every row against the reference
+    for sp in ctx.metadata.shared:
+        assert all(ctx.metadata.prefix_lens[i] >= sp.shared_len for i in sp.members)
+    # --hypothesis-show-statistics tells how often each path was drawn.
+    event(f"shared groups: {len(ctx.metadata.shared)}")
+    event(f"masked shared batch: {any(b.hidden is not None for b in ctx.metadata.shared_batches)}")

@@ -281,9 +281,12 @@ def attention_lse(
     step = max(1, SCORE_CHUNK_ELEMENTS // max(1, b * hkv * g * k.shape[2]))
     if step >= nq:
         return _attention_lse_chunk(q, k, v, scale, hidden)
+    # A mask shared by every query ([.., 1, 1, L]) applies whole to each chunk; only a
+    # per-query one ([.., Q, 1, L]) is sliced with its queries.
+    per_query = hidden is not None and hidden.shape[2] != 1
     outs, lses = [], []
     for s in range(0, nq, step):
-        part = None if hidden is None else hidden[:, :, s : s + step]
+        part = hidden[:, :, s : s + step] if per_query else hidden
         o, lse = _attention_lse_chunk(q[:, :, s : s + step], k, v, scale, part)
         outs.append(o)
         lses.append(lse)

@@ -31,7 +31,12 @@ log = logging.getLogger(__name__)
 
 
 class EngineRequestError(ValueError):
-    """The engine refused a request (for instance it can never fit in the KV pool)."""
+    """The request ended without a result: refused (`status` 400, for instance it can
+    never fit in the KV pool) or failed inside the engine (`status` 500)."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 # Called once per finished request: (msg, finishing chunk, time sent, [(arrival, new tokens)]).
@@ -82,7 +87,7 @@ class EngineClient:
     async def stream(self, msg: GenerateMsg) -> AsyncIterator[ChunkMsg]:
         """Submit `msg`; yield its chunks until the finishing one.
 
-        Raises EngineRequestError when the engine refuses it. If the consumer
+        Raises EngineRequestError when the engine refuses it or fails running it. If the consumer
         stops early (client gone, task cancelled), the request is aborted.
         `on_done` sees every request that finishes, with its chunks' arrival times.
         """
@@ -97,7 +102,7 @@ class EngineClient:
                 item = await q.get()
                 if isinstance(item, ErrorMsg):
                     finished = True
-                    raise EngineRequestError(item.message)
+                    raise EngineRequestError(item.message, item.status)
                 times.append((time.perf_counter(), len(item.new_ids)))
                 finished = item.finished
                 if finished and self.on_done is not None:

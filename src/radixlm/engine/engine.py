@@ -30,6 +30,10 @@ from radixlm.tokenizer import Tokenizer
 log = logging.getLogger(__name__)
 
 
+class EngineError(RuntimeError):
+    """The engine failed while running a request (its batch's step raised)."""
+
+
 class Engine:
     """An in-process serving engine; see the module docstring.
 
@@ -215,10 +219,11 @@ class Engine:
             idle_checked = False
             try:
                 outputs = sched.step()
-            except Exception as e:  # a bug: fail every request rather than hang callers
-                log.exception("scheduler step failed")
-                self._fail_all(e)
-                continue
+            except Exception as e:  # the scheduler cannot be trusted: fail everything, stop
+                log.exception("the scheduler failed beyond repair; the engine stops")
+                self._stopped = True
+                self._fail_all(EngineError(f"internal error: the engine failed ({e})"))
+                break
             self._deliver(outputs)
         self._fail_all(RuntimeError("the engine shut down"))
 
@@ -227,7 +232,11 @@ class Engine:
             handle = self._handles.get(out.req.rid)
             if handle is None:
                 continue
-            handle.push(out)
+            reason = out.req.finish_reason
+            if out.finished and reason is not None and reason.is_error:
+                handle.fail(EngineError(reason.message or "internal error"))
+            else:
+                handle.push(out)
             if out.finished:
                 del self._handles[out.req.rid]
 

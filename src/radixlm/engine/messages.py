@@ -69,10 +69,15 @@ class ChunkMsg:
 
 @dataclass
 class ErrorMsg:
-    """The engine refused request `rid` (e.g. it can never fit); `message` says why."""
+    """Request `rid` ends without a result; `message` says why.
+
+    `status` 400: the engine refused it (e.g. it can never fit); 500: the engine
+    failed while running it (its batch's step raised, or the engine is going down).
+    """
 
     rid: str
     message: str
+    status: int = 400
 
 
 @dataclass

@@ -97,11 +97,11 @@ class EngineLoop:
             self._expire_waiting()
             try:
                 outputs = self.sched.step()
-            except Exception as e:  # a bug: fail every request rather than hang callers
-                log.exception("scheduler step failed")
-                self._fail_all(str(e))
-                continue
-            self._send([self._chunk(o) for o in outputs])
+            except Exception as e:  # the scheduler cannot be trusted: fail everything, exit
+                log.exception("the scheduler failed beyond repair; the engine exits")
+                self._fail_all(f"{type(e).__name__}: {e}")
+                raise
+            self._send([self._message(o) for o in outputs])
 
     # -- messages in --------------------------------------------------------------
 
@@ -197,6 +197,15 @@ class EngineLoop:
         if msgs:
             self.outbox.send_pyobj(msgs)
 
+    def _message(self, out: StepOutput) -> ChunkMsg | ErrorMsg:
+        """The chunk of one step output, or the error of a request whose batch failed."""
+        reason = out.req.finish_reason
+        if out.finished and reason is not None and reason.is_error:
+            self.with_text.pop(out.req.rid, None)
+            self.sent_lp.pop(out.req.rid, None)
+            return ErrorMsg(out.req.rid, reason.message or "internal error", reason.status_code)
+        return self._chunk(out)
+
     def _chunk(self, out: StepOutput) -> ChunkMsg:
         r = out.req
         meta = request_meta(r)
@@ -240,11 +249,9 @@ class EngineLoop:
             log.error("KV integrity check failed: %s", e)
 
     def _fail_all(self, message: str) -> None:
-        errors = [ErrorMsg(rid, f"engine failure: {message}") for rid in self._live_rids()]
-        for rid in self._live_rids():
-            self.sched.abort(rid)
-        self.sched.step()  # report the aborts, release their K/V
-        self._send(errors)
+        """End every request in flight with a 500 (the engine is about to exit)."""
+        text = f"internal error: the engine failed and exits ({message})"
+        self._send([ErrorMsg(rid, text, 500) for rid in self._live_rids()])
 
 
 def run_engine_process(
@@ -281,4 +288,4 @@ def run_engine_process(
     try:
         EngineLoop(rt, inbox, outbox, queue_timeout).run()
     finally:
-        ctx.destroy(linger=0)
+        ctx.destroy(linger=1000)  # lets the last errors reach the server

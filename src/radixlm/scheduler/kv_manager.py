@@ -116,6 +116,19 @@ class KVManager:
         self.cache.dec_lock_ref(req.last_node)
         req.kv_slots, req.last_node, req.cache_protected_len = None, None, 0
 
+    def discard(self, req: Req) -> None:
+        """A request's step failed: free the slots it owns and unlock, caching nothing.
+
+        Only `kv_slots[cache_protected_len:]` are freed: what the tree holds was
+        computed by steps that succeeded, and the failed forward wrote only to
+        the request's own new slots.
+        """
+        if req.kv_slots is None:
+            return
+        self.pool.free(req.kv_slots[req.cache_protected_len :])
+        self.cache.dec_lock_ref(req.last_node)
+        req.kv_slots, req.last_node, req.cache_protected_len = None, None, 0
+
     def owned_slots(self, reqs: list[Req]) -> list[torch.Tensor]:
         """Slots held by these requests outside the tree (for the integrity check)."""
         return [r.kv_slots[r.cache_protected_len :] for r in reqs if r.kv_slots is not None]

@@ -29,6 +29,18 @@ class FinishReason:
     matched: int | str | None = None  # the stop token id or stop string
     length: int | None = None
     message: str | None = None
+    status_code: int | None = None  # an abort that is the engine's fault: 500
+
+    @classmethod
+    def internal_error(cls, error: BaseException) -> FinishReason:
+        """The request ended because the engine failed (its batch's forward raised)."""
+        return cls("abort", message=f"internal error: {type(error).__name__}: {error}",
+                   status_code=500)  # fmt: skip
+
+    @property
+    def is_error(self) -> bool:
+        """True when the caller should get an error rather than a result."""
+        return self.status_code is not None and self.status_code >= 500
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"type": self.type}
@@ -38,6 +50,8 @@ class FinishReason:
             d["length"] = self.length
         elif self.message is not None:
             d["message"] = self.message
+            if self.status_code is not None:
+                d["status_code"] = self.status_code
         return d
 
 

@@ -131,13 +131,49 @@ class Scheduler:
             ordered = self.policy.order(ready)
             batch = self.adder.build(ordered, self.running, self.chunked, self.new_token_ratio)
             if batch:
-                self._run_prefill(batch, outputs)
+                self._guarded(batch.reqs, outputs, self._run_prefill, batch, outputs)
                 return outputs
         if self.running:
-            self._run_decode(outputs)
+            self._guarded(list(self.running), outputs, self._run_decode, outputs)
         elif not outputs and self.waiting:
             Constraints.wait_for_compiles(self.waiting, timeout=0.01)  # idle until one is ready
         return outputs
+
+    def _guarded(self, reqs: list[Req], outputs: list[StepOutput], run: Any, *args: Any) -> None:
+        """`run(*args)`, the step of batch `reqs`; if it raises, fail the batch, not the engine.
+
+        Every request of the batch still in flight ends at once with an internal
+        error (`FinishReason.internal_error`, reported in `outputs`); its own
+        slots are freed and its lock released, nothing of it is cached. Other
+        requests (queued, or running outside the batch) go on. Raises
+        `SchedulerBroken` when the pool and tree are then still inconsistent:
+        the scheduler cannot be trusted with another step.
+        """
+        try:
+            run(*args)
+        except Exception as error:
+            log.exception("a batch of %d requests failed; they end with an error", len(reqs))
+            waiting = {id(r) for r in self.waiting}  # retracted back to the queue: unharmed
+            for req in reqs:
+                if req.state is not ReqState.FINISHED and id(req) not in waiting:
+                    self._fail(req, error, outputs)
+            try:
+                self.check_integrity()
+            except Exception as e:
+                raise SchedulerBroken(f"after a failed batch: {e}") from error
+
+    def _fail(self, req: Req, error: BaseException, outputs: list[StepOutput]) -> None:
+        req.finish_reason = None  # it may have finished in the failed step, unreported
+        req.finish(FinishReason.internal_error(error))
+        self.kv.discard(req)
+        self.finisher.finish_text(req)  # close its text stream
+        req.draft_ids = []
+        req.state = ReqState.FINISHED
+        if req in self.running:
+            self.running.remove(req)
+        if req is self.chunked:
+            self.chunked = None
+        outputs.append(StepOutput(req, [], "", True))
 
     def _ready_waiting(self, outputs: list[StepOutput]) -> list[Req]:
         """Waiting requests that may be admitted (grammar compiled); failed compiles end here."""
@@ -251,8 +287,10 @@ class Scheduler:
         merged: dict[int, StepOutput] = {}  # one output per request and step
         for o in step_outputs:
             prev = merged.get(id(o.req))
-            merged[id(o.req)] = o if prev is None else StepOutput(
-                o.req, prev.new_ids + o.new_ids, prev.text + o.text, o.finished
+            merged[id(o.req)] = (
+                o
+                if prev is None
+                else StepOutput(o.req, prev.new_ids + o.new_ids, prev.text + o.text, o.finished)
             )
         outputs.extend(merged.values())
 
@@ -382,6 +420,10 @@ class Scheduler:
         """Raise IntegrityError unless free + cached + held by running requests == total."""
         live = [*self.running, *([self.chunked] if self.chunked else [])]
         self.kv.cache.check_integrity(self.kv.owned_slots(live))
+
+
+class SchedulerBroken(RuntimeError):
+    """The KV pool and prefix tree are inconsistent: no further step is safe."""
 
 
 @dataclass

@@ -16,7 +16,8 @@ from radixlm.sampling.params import SamplingParamsError
 log = logging.getLogger(__name__)
 
 TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-         413: "invalid_request_error", 503: "service_unavailable"}  # fmt: skip
+         413: "invalid_request_error", 500: "internal_error",
+         503: "service_unavailable"}  # fmt: skip
 
 
 class ApiError(Exception):

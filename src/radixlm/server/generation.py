@@ -93,6 +93,11 @@ def check_grammar(grammar: tuple[str, str], names: dict[str, str] | None) -> Non
         raise ApiError(400, f"{field}: {e.reason}", param=field) from None
 
 
+def engine_error(e: EngineRequestError) -> ApiError:
+    """The API error for a request the engine refused (400) or failed to run (500)."""
+    return ApiError(e.status, str(e))
+
+
 def result_of(text: str, ids: list[int], last: ChunkMsg) -> dict[str, Any]:
     """SGLang's result object from the accumulated text, ids and the finishing chunk."""
     meta = dict(last.meta_info)
@@ -104,7 +109,7 @@ def result_of(text: str, ids: list[int], last: ChunkMsg) -> dict[str, Any]:
 async def collect(client: EngineClient, msg: GenerateMsg) -> dict[str, Any]:
     """Run one request to its end; return `{"text", "output_ids", "meta_info"}`.
 
-    Raises ApiError 400 when the engine refuses the request.
+    Raises ApiError 400 when the engine refuses the request, 500 when it fails running it.
     """
     text, ids, last = "", [], None
     try:
@@ -113,7 +118,7 @@ async def collect(client: EngineClient, msg: GenerateMsg) -> dict[str, Any]:
             ids += chunk.new_ids
             last = chunk
     except EngineRequestError as e:
-        raise ApiError(400, str(e)) from None
+        raise engine_error(e) from None
     assert last is not None
     return result_of(text, ids, last)
 
@@ -159,7 +164,8 @@ async def collect_unless_gone(
 async def merged(
     client: EngineClient, msgs: list[GenerateMsg]
 ) -> AsyncIterator[tuple[int, ChunkMsg | ApiError]]:
-    """Stream several requests at once: `(index, chunk)`, or `(index, ApiError)` on refusal.
+    """Stream several requests at once: `(index, chunk)`, or `(index, ApiError)` when one
+    is refused or fails.
 
     Leaving early (a dropped client) cancels the pumps, which aborts their requests.
     """
@@ -171,7 +177,7 @@ async def merged(
             async for chunk in client.stream(msg):
                 await queue.put((i, chunk))
         except EngineRequestError as e:
-            await queue.put((i, ApiError(400, str(e))))
+            await queue.put((i, engine_error(e)))
         finally:
             queue.put_nowait((i, done))
 

@@ -45,10 +45,11 @@ def test_json_bodies_are_read_whatever_their_content_type(tmp_path):
 
 def test_each_app_has_its_own_registry_and_finished_requests_are_logged(caplog):
     from radixlm.engine.messages import ChunkMsg, GenerateMsg
+    from radixlm.sampling.params import SamplingParams
     from radixlm.server.metrics import ServerMetrics
 
     quiet, loud = ServerMetrics(request_log=False), ServerMetrics()
-    msg = GenerateMsg("r1", [1, 2, 3], {})
+    msg = GenerateMsg("r1", [1, 2, 3], SamplingParams())
     meta = {"prompt_tokens": 3, "cached_tokens": 1, "completion_tokens": 2,
             "finish_reason": {"type": "length", "length": 2}}  # fmt: skip
     last = ChunkMsg("r1", "", [9], True, meta)

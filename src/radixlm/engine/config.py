@@ -15,6 +15,11 @@ class EngineConfig:
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     skip_tokenizer_init: bool = False  # token ids in and out only; no text, no stop strings
+    queue_timeout: float | None = None  # seconds a request may wait, never admitted
+
+    def __post_init__(self) -> None:
+        if self.queue_timeout is not None and not self.queue_timeout > 0:
+            raise ValueError("queue_timeout: must be > 0 seconds")
 
 
 def _field_names(cls: type) -> set[str]:
@@ -35,7 +40,7 @@ def build_engine_config(**options: Any) -> EngineConfig:
                 sections[name][key] = value
                 break
         else:
-            if key in ("skip_tokenizer_init",):
+            if key in ("skip_tokenizer_init", "queue_timeout"):
                 top[key] = value
             else:
                 raise TypeError(f"unknown engine option {key!r}")

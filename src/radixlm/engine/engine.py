@@ -5,33 +5,34 @@
     for chunk in engine.generate_stream("Tell me a story", {"max_new_tokens": 64}):
         print(chunk["text_delta"], end="")
 
-The scheduler is touched only by the loop thread; callers talk to it through
-an inbox of commands and receive events on per-request queues.
+The engine loop (`engine.loop`) runs in a thread and alone touches the scheduler;
+callers put requests, aborts and control calls in its inbox and receive chunks on
+per-request handles.
 """
 
 from __future__ import annotations
 
 import atexit
+import itertools
 import logging
 import queue
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import Future
 from typing import Any
 
 from radixlm.engine.config import EngineConfig, build_engine_config
-from radixlm.engine.output import Prompt, RequestHandle, expand_requests
+from radixlm.engine.loop import EngineLoop
+from radixlm.engine.messages import AbortMsg, ControlMsg, ErrorMsg, ReplyMsg
+from radixlm.engine.output import EngineError, Prompt, RequestHandle, expand_requests
 from radixlm.engine.setup import build_runtime
 from radixlm.loader import LoadedModel
 from radixlm.sampling.params import SamplingParams
-from radixlm.scheduler.scheduler import StepOutput
 from radixlm.tokenizer import Tokenizer
 
+__all__ = ["Engine", "EngineError"]
+
 log = logging.getLogger(__name__)
-
-
-class EngineError(RuntimeError):
-    """The engine failed while running a request (its batch's step raised)."""
 
 
 class Engine:
@@ -58,12 +59,14 @@ class Engine:
         self.config: EngineConfig = build_engine_config(**options)
         rt = build_runtime(self.config, loaded, tokenizer)
         self.loaded, self.tokenizer, self.scheduler = rt.loaded, rt.tokenizer, rt.scheduler
-        self._inbox: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
-        self._handles: dict[str, RequestHandle] = {}
-        self._wake = threading.Event()
+        self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._handles: dict[str, RequestHandle] = {}  # rid -> handle, until it finished
+        self._calls: dict[int, Future] = {}  # control call id -> its caller's future
+        self._cids = itertools.count()
         self._stopped = False
-        self.integrity_error: BaseException | None = None
-        self._thread = threading.Thread(target=self._loop, name="radixlm-engine", daemon=True)
+        self.loop = EngineLoop(self.scheduler, self.tokenizer, self._receive, self._deliver,
+                               self.config.queue_timeout)  # fmt: skip
+        self._thread = threading.Thread(target=self._run, name="radixlm-engine", daemon=True)
         self._thread.start()
         atexit.register(self.shutdown)
 
@@ -85,7 +88,13 @@ class Engine:
         top_logprobs_num, return_text_in_logprobs, cache_salt.
         """
         handles, single = self._submit(prompt, input_ids, sampling_params, request_options)
-        results = [h.wait() for h in handles]
+        try:
+            results = [h.wait() for h in handles]
+        except BaseException:  # one failed: the others have no reader any more
+            for h in handles:
+                if not h.done:
+                    self.abort(h.rid)
+            raise
         return results[0] if single and len(results) == 1 else results
 
     def generate_stream(
@@ -135,27 +144,31 @@ class Engine:
 
     def abort(self, rid: str) -> None:
         """Abort request `rid` (queued or running); its result says finish_reason abort."""
-        self._call(lambda: self.scheduler.abort(rid), wait=False)
+        self._inbox.put(AbortMsg(rid))
 
     def flush_cache(self) -> bool:
         """Drop every cached prefix; False (and nothing done) while requests are in flight."""
-        return self._call(self.scheduler.flush_cache)
+        return self._call("flush_cache")
 
     def check_integrity(self) -> None:
         """Raise unless free + cached + held by running requests == total KV slots."""
-        self._call(self.scheduler.check_integrity)
+        self._call("check_integrity")
 
     def get_stats(self) -> dict[str, Any]:
         """Cache hit rate (in prompt tokens), token usage, running and waiting counts."""
+        return self._call("get_stats")
 
-        return self._call(self.scheduler.stats_snapshot)
+    @property
+    def integrity_error(self) -> str | None:
+        """The last failed idle integrity check, or None."""
+        return self.loop.integrity_error
 
     def shutdown(self) -> None:
         """Stop the loop thread; requests still in flight are aborted."""
         if self._stopped:
             return
         self._stopped = True
-        self._wake.set()
+        self._inbox.put(ControlMsg(-1, "shutdown"))
         self._thread.join(timeout=30)
         atexit.unregister(self.shutdown)
 
@@ -170,84 +183,69 @@ class Engine:
     def _submit(self, prompt, input_ids, sampling_params, options):
         if self._stopped:
             raise RuntimeError("the engine is shut down")
-        reqs, single = expand_requests(
-            self.tokenizer, prompt, input_ids, sampling_params, options, self.loaded.config
-        )
-        handles = [RequestHandle(r, self.tokenizer, options) for r in reqs]
-
-        def add() -> None:
-            for h in handles:
-                try:
-                    self.scheduler.add_request(h.req)
-                except ValueError as e:
-                    h.fail(e)
-                    continue
-                self._handles[h.rid] = h
-
-        self._call(add)
-        for h in handles:
-            h.raise_if_failed()
+        msgs, single = expand_requests(
+            self.tokenizer, prompt, input_ids, sampling_params, options,
+            self.loaded.config.vocab_size,
+        )  # fmt: skip
+        handles = [RequestHandle(m) for m in msgs]
+        for h in handles:  # registered before the loop can answer
+            self._handles[h.rid] = h
+        for m in msgs:
+            self._inbox.put(m)
         return handles, single
 
-    def _call(self, fn: Callable[[], Any], wait: bool = True) -> Any:
-        """Run `fn` on the loop thread (between steps); return its result when `wait`."""
+    def _call(self, kind: str) -> Any:
+        """Run control call `kind` on the loop thread (between steps); return its result.
+
+        Raises RuntimeError with the loop's message when it failed or the engine stopped.
+        """
+        if self._stopped:
+            raise RuntimeError("the engine is shut down")
+        cid = next(self._cids)
         fut: Future = Future()
+        self._calls[cid] = fut
+        self._inbox.put(ControlMsg(cid, kind))
+        reply: ReplyMsg = fut.result()
+        if reply.error is not None:
+            raise RuntimeError(reply.error)
+        return reply.result
 
-        def run() -> None:
-            try:
-                fut.set_result(fn())
-            except BaseException as e:  # handed to the caller
-                fut.set_exception(e)
+    def _receive(self, timeout_s: float) -> list[Any]:
+        """The loop's inbox: what callers put in, waiting at most `timeout_s` for the first."""
+        msgs: list[Any] = []
+        try:
+            msgs.append(self._inbox.get(timeout=timeout_s or None) if timeout_s else
+                        self._inbox.get_nowait())  # fmt: skip
+            while True:
+                msgs.append(self._inbox.get_nowait())
+        except queue.Empty:
+            return msgs
 
-        self._inbox.put(run)
-        self._wake.set()
-        return fut.result() if wait else None
-
-    def _loop(self) -> None:
-        sched = self.scheduler
-        idle_checked = True
-        while not self._stopped:
-            while not self._inbox.empty():
-                self._inbox.get()()
-            if not sched.has_work():
-                if not idle_checked:
-                    self._idle_check()
-                    idle_checked = True
-                self._wake.wait(timeout=0.5)
-                self._wake.clear()
+    def _deliver(self, msgs: list[Any]) -> None:
+        """The loop's outbox (on the loop thread): chunks to handles, replies to callers."""
+        for m in msgs:
+            if isinstance(m, ReplyMsg):
+                fut = self._calls.pop(m.cid, None)
+                if fut is not None:
+                    fut.set_result(m)
                 continue
-            idle_checked = False
-            try:
-                outputs = sched.step()
-            except Exception as e:  # the scheduler cannot be trusted: fail everything, stop
-                log.exception("the scheduler failed beyond repair; the engine stops")
-                self._stopped = True
-                self._fail_all(EngineError(f"internal error: the engine failed ({e})"))
-                break
-            self._deliver(outputs)
-        self._fail_all(RuntimeError("the engine shut down"))
-
-    def _deliver(self, outputs: list[StepOutput]) -> None:
-        for out in outputs:
-            handle = self._handles.get(out.req.rid)
+            handle = self._handles.get(m.rid)
             if handle is None:
                 continue
-            reason = out.req.finish_reason
-            if out.finished and reason is not None and reason.is_error:
-                handle.fail(EngineError(reason.message or "internal error"))
-            else:
-                handle.push(out)
-            if out.finished:
-                del self._handles[out.req.rid]
+            handle.push(m)
+            if isinstance(m, ErrorMsg) or m.finished:
+                del self._handles[m.rid]
 
-    def _idle_check(self) -> None:
+    def _run(self) -> None:
         try:
-            self.scheduler.check_integrity()
-        except Exception as e:
-            self.integrity_error = e
-            log.error("KV integrity check failed: %s", e)
-
-    def _fail_all(self, error: BaseException) -> None:
-        for h in list(self._handles.values()):
-            h.fail(error)
-        self._handles.clear()
+            self.loop.run()
+        except Exception:  # logged by the loop, which failed every request in flight
+            pass
+        finally:
+            self._stopped = True
+            stopped = RuntimeError("the engine is shut down")
+            for h in list(self._handles.values()):
+                h.push(stopped)
+            self._handles.clear()
+            for cid in list(self._calls):
+                self._calls.pop(cid).set_result(ReplyMsg(cid, error=str(stopped)))

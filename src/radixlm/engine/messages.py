@@ -4,14 +4,16 @@ HTTP -> engine (the "requests" socket): `GenerateMsg`, `AbortMsg`, `ControlMsg`.
 Engine -> HTTP (the "outputs" socket): a list of `ChunkMsg` / `ErrorMsg` / `ReplyMsg`
 per send, so one scheduler step costs one message.
 
-Sampling params travel as the caller's JSON dict (already validated by the HTTP
-process) and are parsed again in the engine: the parsed object is not picklable.
+Sampling params travel parsed and validated (`SamplingParams` pickles): they are
+checked once, where the request is built (`engine.requests`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+
+from radixlm.sampling.params import SamplingParams
 
 
 @dataclass
@@ -20,7 +22,7 @@ class GenerateMsg:
 
     rid: str
     input_ids: list[int]
-    sampling_params: dict[str, Any]
+    params: SamplingParams
     return_logprob: bool = False
     logprob_start_len: int = -1
     top_logprobs_num: int = 0

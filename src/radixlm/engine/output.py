@@ -1,37 +1,23 @@
-"""Requests in (prompts -> Req objects) and results out (step outputs -> SGLang-shaped dicts)."""
+"""The offline door's two ends: calls -> requests (tokenizing text prompts), and a request's
+chunks -> the caller's dicts (`RequestHandle`)."""
 
 from __future__ import annotations
 
-import dataclasses
 import queue
-import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
-from radixlm.config import ModelConfig
-from radixlm.grammar import validate_grammar
+from radixlm.engine.messages import ChunkMsg, ErrorMsg, GenerateMsg
+from radixlm.engine.requests import RequestOptions, build_requests
+from radixlm.engine.results import result_of
 from radixlm.sampling.params import SamplingParams
-from radixlm.scheduler.request import Req
-from radixlm.scheduler.scheduler import StepOutput
 from radixlm.tokenizer import Tokenizer
 
 Prompt = str | list[str] | None
 
-REQUEST_OPTIONS = {
-    "rid": None,
-    "return_logprob": False,
-    "logprob_start_len": -1,
-    "top_logprobs_num": 0,
-    "return_text_in_logprobs": False,
-    "cache_salt": None,
-}
 
-
-def _as_params(sp: dict[str, Any] | SamplingParams | None) -> SamplingParams:
-    if isinstance(sp, SamplingParams):
-        return sp
-    return SamplingParams.from_dict(sp or {})
+class EngineError(RuntimeError):
+    """The engine failed while running a request (its batch's step raised), or stopped."""
 
 
 def _prompts(
@@ -61,108 +47,66 @@ def expand_requests(
     input_ids: Any,
     sampling_params: dict[str, Any] | SamplingParams | None,
     options: dict[str, Any],
-    model_config: ModelConfig,
-) -> tuple[list[Req], bool]:
-    """Build the scheduler requests for a call: one per prompt, times n.
+    vocab_size: int,
+) -> tuple[list[GenerateMsg], bool]:
+    """The requests of one `Engine.generate` call (see `engine.requests.build_requests`).
 
-    Returns (requests, single). Raises ValueError naming a bad field.
+    `options`: rid (one, or one per prompt) and the `RequestOptions` fields.
+    Returns (requests, single). Raises ValueError naming a bad field, TypeError for an
+    unknown option.
     """
-    unknown = set(options) - set(REQUEST_OPTIONS)
-    if unknown:
-        raise TypeError(f"unknown request option(s): {', '.join(sorted(unknown))}")
-    opts = {**REQUEST_OPTIONS, **options}
-    params = _as_params(sampling_params)
-    if params.grammar is not None:
-        validate_grammar(*params.grammar)  # GrammarError is a ValueError naming the field
-    if params.stop_regexes:
-        raise ValueError("sampling_params.stop_regex: not supported")
-    params.check_vocab(model_config.vocab_size)
+    options = dict(options)
+    rids = options.pop("rid", None)
+    opts = RequestOptions(**options)  # TypeError names an unknown option
+    params = sampling_params
+    if not isinstance(params, SamplingParams):
+        params = SamplingParams.from_dict(params or {})
     prompts, single = _prompts(tokenizer, prompt, input_ids)
-    rids = opts["rid"]
     if rids is None or isinstance(rids, str):
         rids = [rids] * len(prompts)
-    if len(rids) != len(prompts):
-        raise ValueError("rid: one per prompt")
-    reqs = []
-    for ids, rid in zip(prompts, rids, strict=True):
-        base = rid or uuid.uuid4().hex
-        for i in range(params.n):
-            p = params
-            if params.n > 1 and params.seed is not None:
-                p = dataclasses.replace(params, seed=params.seed + i)
-            reqs.append(
-                Req(
-                    rid=base if params.n == 1 else f"{base}-{i}",
-                    input_ids=ids,
-                    params=p,
-                    extra_key=opts["cache_salt"],
-                    return_logprob=bool(opts["return_logprob"]),
-                    logprob_start_len=int(opts["logprob_start_len"]),
-                    top_logprobs_num=int(opts["top_logprobs_num"] or 0),
-                )
-            )
-    return reqs, single
-
-
-def request_meta(r: Req) -> dict[str, Any]:
-    """SGLang's `meta_info` counts for a request, as of now (finish_reason None while running)."""
-    now = r.finished_at or time.perf_counter()
-    meta: dict[str, Any] = {
-        "id": r.rid,
-        "finish_reason": r.finish_reason.to_dict() if r.finish_reason else None,
-        "prompt_tokens": len(r.input_ids),
-        "completion_tokens": len(r.output_ids),
-        "cached_tokens": r.cached_tokens,
-        "e2e_latency": now - r.created_at,
-    }
-    if r.first_token_at is not None:
-        meta["ttft"] = r.first_token_at - r.created_at
-    return meta
+    return build_requests(prompts, [params] * len(prompts), rids, opts, vocab_size), single
 
 
 class RequestHandle:
-    """The caller's side of one request: a queue of step outputs, and the result builder."""
+    """The caller's side of one request: the chunks the loop sent, and its result.
 
-    def __init__(self, req: Req, tokenizer: Tokenizer | None, options: dict[str, Any]) -> None:
-        self.req = req
-        self.rid = req.rid
-        self.tokenizer = tokenizer
-        self.with_text = bool(options.get("return_text_in_logprobs"))
-        self._events: queue.SimpleQueue[StepOutput | BaseException] = queue.SimpleQueue()
-        self._error: BaseException | None = None
+    The loop thread `push`es chunks; one caller thread reads them (`chunks`, `wait`).
+    """
+
+    def __init__(self, msg: GenerateMsg) -> None:
+        self.rid = msg.rid
+        self.return_logprob = msg.return_logprob
+        self._events: queue.SimpleQueue[ChunkMsg | ErrorMsg | BaseException] = (
+            queue.SimpleQueue()
+        )
         self.done = False
         self.text = ""
         self.output_ids: list[int] = []
-        self._sent_out_lp = 0
+        self.last: ChunkMsg | None = None
 
-    def push(self, out: StepOutput) -> None:
-        self._events.put(out)
-
-    def fail(self, error: BaseException) -> None:
-        self._error = error
-        self._events.put(error)
-
-    def raise_if_failed(self) -> None:
-        if self._error is not None:
-            raise self._error
+    def push(self, item: ChunkMsg | ErrorMsg | BaseException) -> None:
+        self._events.put(item)
 
     def chunks(self) -> Iterator[dict[str, Any]]:
-        """Yield one chunk per step output until the request finishes."""
+        """Yield one chunk per step until the request finishes.
+
+        Raises ValueError when the engine refused the request, EngineError when it failed.
+        """
         while not self.done:
             event = self._events.get()
-            if isinstance(event, BaseException):
+            if isinstance(event, BaseException | ErrorMsg):
                 self.done = True
-                raise event
-            self.text += event.text
+                if isinstance(event, BaseException):
+                    raise event
+                raise (ValueError if event.status < 500 else EngineError)(event.message)
+            self.text += event.text_delta
             self.output_ids += event.new_ids
-            self.done = event.finished
-            meta = self.meta_info()
-            lp = self.req.output_logprobs[self._sent_out_lp :]
-            self._sent_out_lp = len(self.req.output_logprobs)
-            if self.req.return_logprob:
-                meta["output_token_logprobs"] = self._entries(lp)
+            self.done, self.last = event.finished, event
+            meta = dict(event.meta_info)
+            if self.return_logprob:
+                meta["output_token_logprobs"] = event.output_logprobs or []
             yield {
-                "text_delta": event.text,
+                "text_delta": event.text_delta,
                 "text": self.text,
                 "output_ids": event.new_ids,
                 "finished": event.finished,
@@ -173,30 +117,5 @@ class RequestHandle:
         """Block until the request finishes; return `{"text", "output_ids", "meta_info"}`."""
         for _ in self.chunks():
             pass
-        meta = self.meta_info()
-        if self.req.return_logprob:
-            meta.update(self.logprob_meta())
-        return {"text": self.text, "output_ids": list(self.req.output_ids), "meta_info": meta}
-
-    def meta_info(self) -> dict[str, Any]:
-        return request_meta(self.req)
-
-    def logprob_meta(self) -> dict[str, Any]:
-        r = self.req
-        return {
-            "input_token_logprobs": self._entries(r.input_logprobs),
-            "output_token_logprobs": self._entries(r.output_logprobs),
-            "input_top_logprobs": [self._top(t) for t in r.input_top_logprobs],
-            "output_top_logprobs": [self._top(t) for t in r.output_top_logprobs],
-        }
-
-    def _entries(self, pairs: list[tuple[float | None, int]]) -> list[list[Any]]:
-        return [[lp, tid, self._text(tid)] for lp, tid in pairs]
-
-    def _top(self, top: list[tuple[float, int]] | None) -> list[list[Any]] | None:
-        return None if top is None else self._entries(top)
-
-    def _text(self, token_id: int) -> str | None:
-        if not self.with_text or self.tokenizer is None:
-            return None
-        return self.tokenizer.decode([token_id], skip_special_tokens=False)
+        assert self.last is not None
+        return result_of(self.text, list(self.output_ids), self.last)

@@ -95,6 +95,15 @@ class SamplingParams:
             object.__setattr__(self, name, value)
         _check_cross_fields(self)
 
+    # Pickling (params cross the process boundary inside a request): the read-only
+    # mappings travel as dicts and become read-only again; nothing is re-validated.
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: dict(v) if isinstance(v, Mapping) else v for k, v in self.__dict__.items()}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for k, v in state.items():
+            object.__setattr__(self, k, MappingProxyType(v) if isinstance(v, dict) else v)
+
     # ----------------------------------------------------------------- building
 
     @classmethod

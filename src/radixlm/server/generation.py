@@ -1,7 +1,8 @@
 """Turn validated prompts into engine requests, and engine chunks into results.
 
-Shared by the native and the OpenAI routes: `plan` checks sampling params and
-lengths and expands n; `collect` runs one request to its end; `merged` streams
+Shared by the native and the OpenAI routes: `plan` is the server's thin adapter over
+the engine's request builder (its errors become API errors under the API's field
+names); `collect` runs one request to its end; `merged` streams
 several at once, tagged with their index.
 """
 
@@ -9,27 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Request
 
 from radixlm.engine.client import EngineClient, EngineRequestError
 from radixlm.engine.messages import ChunkMsg, GenerateMsg
-from radixlm.grammar import GrammarError, validate_grammar
+from radixlm.engine.requests import RequestOptions, build_requests
+from radixlm.engine.results import result_of
+from radixlm.grammar import GrammarError
 from radixlm.sampling.params import SamplingParams, SamplingParamsError
 from radixlm.server.errors import ApiError, sampling_error
 from radixlm.server.state import ServerState
-
-
-@dataclass
-class LogprobOptions:
-    return_logprob: bool = False
-    logprob_start_len: int = -1
-    top_logprobs_num: int = 0
-    return_text_in_logprobs: bool = False
 
 
 def plan(
@@ -37,73 +30,32 @@ def plan(
     prompts: list[list[int]],
     sampling: list[dict[str, Any]],
     rids: list[str | None],
-    lp: LogprobOptions,
+    lp: RequestOptions,
     prompt_param: str,
     names: dict[str, str] | None = None,
-    cache_salt: str | None = None,
 ) -> list[GenerateMsg]:
-    """One GenerateMsg per prompt and sample (n expands to consecutive messages).
+    """The engine requests of an API call (`engine.requests.build_requests`, n expanded).
 
-    Raises ApiError 400 naming the bad field (`names` maps sampling fields to the API's names).
-    `cache_salt` becomes each request's cache namespace (`extra_key`).
+    Raises ApiError 400 naming the bad field (`names` maps sampling fields to the API's
+    names), or the prompt field `prompt_param` when a prompt cannot fit.
     """
-    msgs: list[GenerateMsg] = []
-    for ids, sp, rid in zip(prompts, sampling, rids, strict=True):
-        try:
-            params = SamplingParams.from_dict(sp)
-            params.check_vocab(int(state.info["vocab_size"]))
-        except SamplingParamsError as e:
-            raise sampling_error(e, names) from None
-        if params.n > state.cfg.max_n:
-            raise ApiError(400, f"n: at most {state.cfg.max_n} samples per request (got "
-                           f"{params.n}; see --max-n)", param="n")  # fmt: skip
-        if params.grammar is not None:
-            check_grammar(params.grammar, names)
-        if params.stop_regexes:
-            raise ApiError(400, "stop_regex: not supported", param="stop_regex")
-        state.check_length(ids, params.max_new_tokens, prompt_param)
-        base = rid or uuid.uuid4().hex
-        for i in range(params.n):
-            one = {k: v for k, v in sp.items() if v is not None}
-            one["n"] = 1
-            if params.n > 1 and params.seed is not None:
-                one.pop("sampling_seed", None)
-                one["seed"] = params.seed + i
-            msgs.append(
-                GenerateMsg(
-                    rid=base if params.n == 1 else f"{base}-{i}",
-                    input_ids=ids,
-                    sampling_params=one,
-                    return_logprob=lp.return_logprob,
-                    logprob_start_len=lp.logprob_start_len,
-                    top_logprobs_num=lp.top_logprobs_num,
-                    return_text_in_logprobs=lp.return_text_in_logprobs,
-                    extra_key=cache_salt,
-                )
-            )
-    return msgs
-
-
-def check_grammar(grammar: tuple[str, str], names: dict[str, str] | None) -> None:
-    """400 naming the field (under the API's name) when the grammar cannot be compiled."""
-    field = (names or {}).get(grammar[0], grammar[0])
     try:
-        validate_grammar(*grammar)
+        params = [SamplingParams.from_dict(sp) for sp in sampling]
+        msgs = build_requests(prompts, params, rids, lp, int(state.info["vocab_size"]),
+                              max_n=state.cfg.max_n)  # fmt: skip
+    except SamplingParamsError as e:
+        raise sampling_error(e, names) from None
     except GrammarError as e:
+        field = (names or {}).get(e.field, e.field)
         raise ApiError(400, f"{field}: {e.reason}", param=field) from None
+    for ids, p in zip(prompts, params, strict=True):
+        state.check_length(ids, p.max_new_tokens, prompt_param)
+    return msgs
 
 
 def engine_error(e: EngineRequestError) -> ApiError:
     """The API error for a request the engine refused (400) or failed to run (500)."""
     return ApiError(e.status, str(e))
-
-
-def result_of(text: str, ids: list[int], last: ChunkMsg) -> dict[str, Any]:
-    """SGLang's result object from the accumulated text, ids and the finishing chunk."""
-    meta = dict(last.meta_info)
-    if last.final_logprobs is not None:
-        meta.update(last.final_logprobs)
-    return {"text": text, "output_ids": ids, "meta_info": meta}
 
 
 async def collect(client: EngineClient, msg: GenerateMsg) -> dict[str, Any]:

@@ -14,9 +14,9 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
 import radixlm
+from radixlm.engine.requests import RequestOptions
 from radixlm.server.errors import ApiError, error_body
 from radixlm.server.generation import (
-    LogprobOptions,
     collect,
     collect_unless_gone,
     merged,
@@ -94,14 +94,14 @@ async def generate(request: Request, body: GenerateRequest) -> Response:
     prompts, single, param = _prompts(state, body)
     sampling = _per_prompt(body.sampling_params, len(prompts), "sampling_params", dict)
     rids = _per_prompt(body.rid, len(prompts), "rid", str)
-    lp = LogprobOptions(
+    lp = RequestOptions(
         return_logprob=bool(body.return_logprob),
         logprob_start_len=-1 if body.logprob_start_len is None else body.logprob_start_len,
         top_logprobs_num=body.top_logprobs_num or 0,
         return_text_in_logprobs=bool(body.return_text_in_logprobs),
+        cache_salt=body.cache_salt,
     )
-    msgs = plan(state, prompts, [s or {} for s in sampling], rids, lp, param,
-                cache_salt=body.cache_salt)  # fmt: skip
+    msgs = plan(state, prompts, [s or {} for s in sampling], rids, lp, param)
     if body.stream:
         return StreamingResponse(_stream(state, msgs), media_type="text/event-stream")
     results = await collect_unless_gone(request, client, msgs)
@@ -147,7 +147,7 @@ async def health_generate(request: Request) -> Response:
     state = _state(request)
     client = state.engine()
     ids = state.tokenizer.encode("hi") or [0]
-    msgs = plan(state, [ids], [{"max_new_tokens": 1}], [None], LogprobOptions(), "text")
+    msgs = plan(state, [ids], [{"max_new_tokens": 1}], [None], RequestOptions(), "text")
     try:
         await asyncio.wait_for(collect(client, msgs[0]), 20)
     except TimeoutError:

@@ -11,8 +11,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from radixlm.engine.messages import GenerateMsg
+from radixlm.engine.requests import RequestOptions
 from radixlm.server.errors import ApiError, error_body
-from radixlm.server.generation import LogprobOptions, collect_unless_gone, merged, plan
+from radixlm.server.generation import collect_unless_gone, merged, plan
 from radixlm.server.native_api import sse
 from radixlm.server.openai_format import (
     chat_logprobs,
@@ -141,13 +142,14 @@ async def completions(request: Request, body: CompletionRequest) -> Response:
         raise ApiError(400, "suffix: not supported", param="suffix")
     prompts = _completion_prompts(state, body.prompt)
     sp = _sampling(body, _max_tokens(state, body.max_tokens, prompts))
-    lp = LogprobOptions(
+    lp = RequestOptions(
         return_logprob=body.logprobs is not None,
         top_logprobs_num=body.logprobs or 0,
         return_text_in_logprobs=True,
+        cache_salt=body.cache_salt,
     )
     msgs = plan(state, prompts, [sp] * len(prompts), [None] * len(prompts), lp, "prompt",
-                _field_names(body), cache_salt=body.cache_salt)  # fmt: skip
+                _field_names(body))  # fmt: skip
     rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
     head = {"id": rid, "object": "text_completion", "created": created, "model": state.model_name}
     if body.stream:
@@ -197,12 +199,13 @@ async def chat_completions(request: Request, body: ChatCompletionRequest) -> Res
     ids = _chat_prompt(state, body)
     requested = body.max_completion_tokens or body.max_tokens
     sp = _sampling(body, _max_tokens(state, requested, [ids]))
-    lp = LogprobOptions(
-        return_logprob=body.logprobs,
+    lp = RequestOptions(
+        return_logprob=bool(body.logprobs),
         top_logprobs_num=(body.top_logprobs or 0) if body.logprobs else 0,
         return_text_in_logprobs=True,
+        cache_salt=body.cache_salt,
     )
-    msgs = plan(state, [ids], [sp], [None], lp, "messages", _field_names(body), body.cache_salt)
+    msgs = plan(state, [ids], [sp], [None], lp, "messages", _field_names(body))
     rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     head = {"id": rid, "object": "chat.completion", "created": created, "model": state.model_name}
     if body.stream:

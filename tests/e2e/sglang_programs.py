@@ -136,6 +136,15 @@ def run_stream(backend) -> dict[str, Any]:
     return {"chunks": chunks, "more": s["more"], "meta": _meta(s, "more")}
 
 
+def run_sglang_stream_logprobs(backend) -> dict[str, Any]:
+    """SGLang's own test program: streamed chunks carry only their own output logprobs and
+    the cumulative `output_token_logprobs_length` (it asserts this itself)."""
+    from sglang.test.test_programs import test_stream_logprobs
+
+    test_stream_logprobs()
+    return {"passed": True}
+
+
 def _regex_program(program, name: str) -> Callable[[Any], dict[str, Any]]:
     def run(backend) -> dict[str, Any]:
         s = program.run()
@@ -156,6 +165,7 @@ PROGRAMS: dict[str, Callable[[Any], dict[str, Any]]] = {
     "ip_address": _regex_program(ip_address, "ip"),
     "integer": _regex_program(integer, "n"),
     "person_json": _regex_program(person_json, "person"),
+    "sglang_stream_logprobs": run_sglang_stream_logprobs,
 }
 
 

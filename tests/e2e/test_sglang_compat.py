@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from e2e.server_process import free_port, read_log, start_server, stop_server
+from e2e.server_process import fault_env, free_port, read_log, start_server, stop_server
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("sglang") is None,
@@ -33,12 +33,18 @@ COLORS = [" blue", " green", " purple"]
 
 @pytest.fixture(scope="module")
 def sgl_server(tiny_model_factory):
-    """A server of its own (the shared one times queued requests out after 1 s)."""
+    """A server of its own (the shared one times queued requests out after 1 s).
+
+    Every step takes 10 ms longer. SGLang's frontend keeps only the latest chunk's
+    meta_info while its reader catches up, so a reader slower than two chunks (the
+    tiny model decodes a token a millisecond) sees text and logprobs that disagree;
+    its own stream-logprobs program would then fail for the client's race, not ours.
+    """
     port = free_port()
     model = str(tiny_model_factory("llama"))
     cmd = [sys.executable, "-m", "radixlm.launch_server", "--log-level", "warning",
            "--model", model, "--port", str(port), "--max-total-tokens", "4096"]  # fmt: skip
-    proc = start_server(cmd, port)
+    proc = start_server(cmd, port, env=fault_env(step_delay=0.01))
     yield f"http://127.0.0.1:{port}", model
     assert stop_server(proc, signal.SIGTERM) in (0, 128 + signal.SIGTERM), read_log(proc)
 
@@ -164,3 +170,10 @@ def test_regex_json_object(results):
     person = json.loads(regex_ok(results, "person_json")["person"])
     assert isinstance(person["name"], str) and isinstance(person["age"], int)
     assert isinstance(person["score"], float)
+
+
+def test_sglangs_own_stream_logprobs_program(results):
+    # sglang.test.test_programs.test_stream_logprobs, unchanged: each streamed chunk's
+    # output_token_logprobs has exactly its new tokens; output_token_logprobs_length and
+    # completion_tokens are cumulative and equal.
+    assert ok(results, "sglang_stream_logprobs")["passed"]

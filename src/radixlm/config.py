@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from radixlm.sampling.params import SamplingParams
+
 SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2")
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -211,3 +213,18 @@ class SchedulerConfig:
     seed: int = 0  # for the random policy
     grammar_backend: str = "xgrammar"  # constrained decoding library; "none" turns it off
     disable_jump_forward: bool = False  # decode a grammar's forced text token by token
+
+
+@dataclass(frozen=True)
+class ChatConfig:
+    """A terminal chat or a one-shot generation (`radixlm chat | generate`) on an Engine."""
+
+    load: LoadConfig
+    params: SamplingParams
+    prompt: str | None = None  # one-shot when set
+    system: str | None = None
+    raw: bool = False  # send the prompt as plain text, without the chat template
+
+    def engine_options(self) -> dict[str, Any]:
+        """The `radixlm.Engine` keyword options of this chat."""
+        return {"model": self.load.model, "dtype": self.load.dtype, "device": self.load.device}

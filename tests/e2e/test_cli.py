@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import re
 import subprocess
 import sys
 
@@ -9,6 +11,8 @@ import pytest
 from e2e.server_process import free_port
 
 from radixlm.server.args import build_parser, chat_config_from_args, server_config_from_args
+
+TURN = re.compile(r"\[(\d+) prompt tokens, (\d+) cached, (\d+) generated in")
 
 
 def _run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
@@ -26,9 +30,14 @@ def test_one_shot_generation_on_tiny_model(tiny_model_factory):
 
 def test_interactive_chat_reads_turns_until_eof(tiny_model_factory):
     model = str(tiny_model_factory("qwen2"))
-    res = _run("chat", "--model", model, "--max-new-tokens", "4", stdin="hi\nagain\n")
+    res = _run("chat", "--model", model, "--max-new-tokens", "4", stdin="hi\nagain\nthird\n")
     assert res.returncode == 0, res.stderr
-    assert res.stderr.count("generated in") == 2
+    turns = [tuple(map(int, t)) for t in TURN.findall(res.stderr)]
+    assert len(turns) == 3
+    # Each turn's prompt is served from the radix tree up to the end of the previous
+    # answer: all of it but the last token sampled (its K/V is never computed).
+    for (prompt, _, generated), (_, cached, _) in itertools.pairwise(turns):
+        assert generated == 4 and cached == prompt + generated - 1
 
 
 def test_bad_flags_name_the_flag():

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers.generation import GenerationParams, generate_tokens
 from transformers import AutoModelForCausalLM
 
 from radixlm.attention.dense import DenseContext, DenseKVCache
 from radixlm.config import LoadConfig
-from radixlm.generation import GenerationParams, generate_tokens
 from radixlm.loader import load_model
 
 TOL = 1e-4

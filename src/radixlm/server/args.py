@@ -6,20 +6,9 @@ import argparse
 from dataclasses import dataclass, field
 from typing import Any
 
-from radixlm.config import LoadConfig
-from radixlm.generation import GenerationParams
+from radixlm.config import ChatConfig, LoadConfig
 from radixlm.loader import DEFAULT_MODEL
-
-
-@dataclass(frozen=True)
-class ChatConfig:
-    """A terminal chat or one-shot generation on one model."""
-
-    load: LoadConfig
-    params: GenerationParams
-    prompt: str | None = None  # one-shot when set
-    system: str | None = None
-    raw: bool = False  # send the prompt as plain text, without the chat template
+from radixlm.sampling.params import SamplingParams, SamplingParamsError
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -234,14 +223,14 @@ def build_parser() -> argparse.ArgumentParser:
 def chat_config_from_args(ns: argparse.Namespace) -> ChatConfig:
     """Validate parsed flags into a ChatConfig; raises ValueError naming the bad flag."""
     try:
-        params = GenerationParams(
+        params = SamplingParams(
             max_new_tokens=ns.max_new_tokens,
             temperature=ns.temperature,
             top_k=ns.top_k,
             top_p=ns.top_p,
             seed=ns.seed,
         )
-    except ValueError as e:
-        raise ValueError(f"--{str(e).split()[0].replace('_', '-')}: {e}") from None
+    except SamplingParamsError as e:
+        raise ValueError(f"--{e.field.replace('_', '-')}: {e.message}") from None
     load = LoadConfig(model=ns.model, dtype=ns.dtype, device=ns.device)
     return ChatConfig(load=load, params=params, prompt=ns.prompt, system=ns.system, raw=ns.raw)

@@ -1,4 +1,4 @@
-"""Single-sequence generation with a contiguous KV cache.
+"""The single-sequence reference loop: generation with a contiguous KV cache (tests only).
 
 The minimal path that exercises the model end to end: prefill the prompt,
 then decode one token per step, greedy or sampled. The serving engine (with

@@ -12,8 +12,7 @@ import time
 from typing import Any
 
 from radixlm.engine.messages import ChunkMsg, ErrorMsg, GenerateMsg
-from radixlm.scheduler.request import Req
-from radixlm.scheduler.scheduler import StepOutput
+from radixlm.scheduler.request import Req, StepOutput
 from radixlm.tokenizer import Tokenizer
 
 Entry = list[Any]  # [logprob, token_id, text_or_null]

@@ -25,6 +25,8 @@ from radixlm.kvcache.prefix_cache import HeldSlots, MatchResult, PrefixCache, To
 class ChunkCache(PrefixCache):
     """A prefix cache that caches nothing; insert hands the slots straight back to the pool."""
 
+    shares_prefixes = False
+
     def __init__(self, pool: KVPool) -> None:
         self.pool = pool
         self.page_size = pool.page_size

@@ -117,6 +117,12 @@ class PrefixCache(ABC):
     """Maps token sequences to the KV slots that hold them; see the module docstring."""
 
     page_size: int
+    root: TreeNode  # matches start here (a cache that shares nothing has only the root)
+    # Whether inserted sequences stay cached for later requests to share. Either way
+    # `insert(key, slots)` takes ownership of slots[n:] (the tree keeps them, or they are
+    # freed) and returns n, the leading tokens cached already: the caller frees [its
+    # protected length, n), its duplicates.
+    shares_prefixes: bool = True
     tokens_queried: int = 0  # tokens of every recorded match_prefix key
     tokens_hit: int = 0  # of those, tokens found in the cache
 

@@ -1,11 +1,11 @@
-"""The scheduler's constrained-decoding part: compile, mask, accept, and plan jump-forwards.
+"""The scheduler's constrained-decoding part: compile, mask, accept.
 
 Life of a constrained request: `start` (queued) begins the compile in the
 background; `poll` (each step, while it waits) gives it a matcher once the
 compile is done, or fails it; `mask` restricts its logits to what the grammar
 allows; `accept` advances the matcher over each sampled token and ends the
-request when the grammar is complete; `plan_draft` proposes the forced text
-that must come next as draft tokens, which the next decode step checks.
+request when the grammar is complete. The text a grammar forces next is
+jumped over by `scheduler.jump_forward`, with `draft_tokenizer`.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ class Constraints:
         self, cache: GrammarCache | None, tokenizer: Tokenizer | None, jump_forward: bool = True
     ) -> None:
         self.cache = cache
-        self.tokenizer = tokenizer
-        self.jump_forward = jump_forward and tokenizer is not None
+        # What jump-forward encodes forced text with; None turns drafts off.
+        self.draft_tokenizer = tokenizer if jump_forward and cache is not None else None
 
     def start(self, req: Req) -> None:
         """Begin compiling `req`'s grammar; ValueError when constrained decoding is off."""
@@ -81,21 +81,3 @@ class Constraints:
             req.finish(FinishReason("abort", message=f"the grammar cannot accept token {token}"))
         elif req.grammar.is_terminated():
             req.finish(FinishReason("stop", matched=token))
-
-    def plan_draft(self, req: Req, capacity: int) -> None:
-        """Set `req.draft_ids` to the tokens of the text its grammar forces next (or none).
-
-        The draft is a guess checked by the next decode step, so its tokenization
-        only affects how much is skipped, never the result. It leaves room for
-        one sampled token after it within max_new_tokens and `capacity`.
-        """
-        req.draft_ids = []
-        if not self.jump_forward or req.grammar is None or req.finished:
-            return
-        forced = req.grammar.jump_forward_string()
-        if not forced:
-            return
-        room = min(req.remaining_new_tokens(), capacity - req.fill_len) - 1
-        if room > 0:
-            ids = self.tokenizer.encode(forced, add_special_tokens=False)  # type: ignore[union-attr]
-            req.draft_ids = ids[:room]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import torch
 
-from radixlm.kvcache.chunk_cache import ChunkCache
 from radixlm.kvcache.pool import KVPool
 from radixlm.kvcache.prefix_cache import PrefixCache
 from radixlm.scheduler.request import Req
@@ -24,8 +23,6 @@ class KVManager:
             raise ValueError("the scheduler runs with page_size 1")
         self.pool = pool
         self.cache = cache
-        # With reuse disabled nothing is inserted until a request ends.
-        self.reuse = not isinstance(cache, ChunkCache)
 
     # -- matching and admission ------------------------------------------------
 
@@ -83,6 +80,31 @@ class KVManager:
         req.kv_slots = torch.cat([req.kv_slots, new])
         return True
 
+    def reserve_decode(self, reqs: list[Req], sizes: list[int]) -> bool:
+        """Append `sizes[i]` fresh slots to running request i (its next token and draft);
+        False, and nothing changed, when the pool cannot hold them all."""
+        new = self.alloc(sum(sizes))
+        if new is None:
+            return False
+        for req, slots in zip(reqs, new.split(sizes), strict=True):
+            req.kv_slots = torch.cat([req.kv_slots, slots])  # type: ignore[list-item]
+        return True
+
+    def set_aside_drafts(self, req: Req, n: int) -> torch.Tensor:
+        """Take the slots of `req`'s last `n` (draft) tokens out of its K/V; returns them.
+
+        The caller gives each back with `keep_draft_slot` or frees it.
+        """
+        assert req.kv_slots is not None
+        spare = req.kv_slots[req.kv_len - n :]
+        req.kv_slots = req.kv_slots[: req.kv_len - n]
+        return spare
+
+    def keep_draft_slot(self, req: Req, slot: torch.Tensor) -> None:
+        """A draft token was accepted: its slot ([1]) joins `req`'s K/V again."""
+        assert req.kv_slots is not None
+        req.kv_slots = torch.cat([req.kv_slots, slot])
+
     # -- caching and release ---------------------------------------------------
 
     def cache_unfinished(self, req: Req) -> None:
@@ -91,8 +113,8 @@ class KVManager:
         Duplicate slots (K/V another request cached meanwhile) are freed and
         replaced by the tree's, and the lock moves down to the new last node.
         """
-        if not self.reuse or req.kv_slots is None:
-            return
+        if not self.cache.shares_prefixes or req.kv_slots is None:
+            return  # a cache that shares nothing gets a request's slots when it ends
         key = req.fill_ids[: req.kv_len]
         n = self.cache.insert(key, req.kv_slots, req.extra_key)
         if n > req.cache_protected_len:
@@ -108,11 +130,10 @@ class KVManager:
         if req.kv_slots is None:
             return
         key = req.fill_ids[: req.kv_len]
-        n = self.cache.insert(key, req.kv_slots, req.extra_key)
-        if self.reuse and n > req.cache_protected_len:
+        n = self.cache.insert(key, req.kv_slots, req.extra_key)  # it owns [n:] now
+        if n > req.cache_protected_len:
             # The tree already held [protected, n): our copies are duplicates.
             self.pool.free(req.kv_slots[req.cache_protected_len : n])
-        # ChunkCache.insert freed everything itself; the radix tree took the rest.
         self.cache.dec_lock_ref(req.last_node)
         req.kv_slots, req.last_node, req.cache_protected_len = None, None, 0
 

@@ -114,7 +114,7 @@ class PrefillAdder:
         prompt are still prefilled once).
         """
         threshold = self.config.in_batch_prefix_threshold
-        if threshold <= 0 or not self.kv.reuse:
+        if threshold <= 0 or not self.kv.cache.shares_prefixes:
             return False
         fill = req.fill_ids
         needed = min(threshold, req.max_prefix_len() - req.prefix_len)

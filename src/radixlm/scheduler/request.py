@@ -166,3 +166,13 @@ class Req:
         if self.finish_reason is None:
             self.finish_reason = reason
             self.finished_at = time.perf_counter()
+
+
+@dataclass
+class StepOutput:
+    """What one step produced for one request: new tokens, new text, and whether it ended."""
+
+    req: Req
+    new_ids: list[int]
+    text: str
+    finished: bool

@@ -7,18 +7,15 @@ orders the queue, `PrefillAdder` admits, `KVManager` owns the slot life
 cycle, `ModelRunner` runs the model, `sampling.sample` picks tokens,
 `Constraints` applies grammars, and `Finisher` decides when a request ends.
 
-Jump-forward: when a request's grammar forces a string, its next decode step
-feeds the string's tokens as a draft after its last token and samples at every
-draft position in turn; a draft token is kept only while it equals what was
-sampled there. The tokens are therefore exactly those of one-by-one decoding,
-and a draft the model agrees with costs one forward instead of one per token.
+Jump-forward (`jump_forward`): when a request's grammar forces a string, its
+next decode step feeds the string's tokens as a draft and keeps each one only
+while the model agrees.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -26,29 +23,20 @@ import torch
 from radixlm.config import SchedulerConfig
 from radixlm.executor.model_runner import ForwardItem, ModelRunner
 from radixlm.kvcache.prefix_cache import PrefixCache
-from radixlm.kvcache.radix_cache import RadixCache
 from radixlm.models.llama import LlamaForCausalLM
 from radixlm.sampling.batch import SamplingBatch
 from radixlm.sampling.sampler import sample
 from radixlm.scheduler.constraints import Constraints
 from radixlm.scheduler.finisher import Finisher
+from radixlm.scheduler.jump_forward import plan_draft, verify_drafts
 from radixlm.scheduler.kv_manager import KVManager
 from radixlm.scheduler.logprob_collector import record_input_logprobs, record_output_logprobs
 from radixlm.scheduler.policy import SchedulePolicy
 from radixlm.scheduler.prefill_adder import PrefillAdder, PrefillBatch
-from radixlm.scheduler.request import FinishReason, Req, ReqState
+from radixlm.scheduler.request import FinishReason, Req, ReqState, StepOutput
+from radixlm.scheduler.stats import SchedulerStats, snapshot
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class StepOutput:
-    """What one step produced for one request: new tokens, new text, and whether it ended."""
-
-    req: Req
-    new_ids: list[int]
-    text: str
-    finished: bool
 
 
 class Scheduler:
@@ -65,7 +53,7 @@ class Scheduler:
         self.model_config = model.config
         self.kv = KVManager(cache.pool, cache)
         self.runner = ModelRunner(model, self.kv.pool)
-        root = cache.root if isinstance(cache, RadixCache) else None
+        root = cache.root if cache.shares_prefixes else None
         self.policy = SchedulePolicy(
             config.schedule_policy, self.kv.match, root, config.fcfs_fallback_queue_len, config.seed
         )
@@ -221,7 +209,7 @@ class Scheduler:
                 self.kv.cache_unfinished(req)
                 if req is not batch.chunked:
                     self.running.append(req)
-                    self.constraints.plan_draft(req, self.capacity)
+                    plan_draft(req, self.constraints.draft_tokenizer, self.capacity)
 
     def _run_decode(self, outputs: list[StepOutput]) -> None:
         if not self._reserve_decode_slots():
@@ -235,64 +223,22 @@ class Scheduler:
         out = self.runner.forward(items)
         self.stats.decode_steps += 1
         if any(r.draft_ids for r in reqs):
-            self._verify_drafts(reqs, out.last, out.extra, outputs)
+            got, accepted = verify_drafts(
+                reqs, out.last, out.extra, self.kv, self._sample, self._append
+            )
+            outputs.extend(got)
+            self.stats.jump_forward_tokens += accepted
         else:
             new_ids = self._sample(reqs, out.last)
             for req, token in zip(reqs, new_ids, strict=True):
                 self._append(req, token, outputs)
         self.running = [r for r in self.running if not r.finished]
         for req in self.running:
-            self.constraints.plan_draft(req, self.capacity)
+            plan_draft(req, self.constraints.draft_tokenizer, self.capacity)
         cfg = self.config
         self.new_token_ratio = max(
             cfg.min_new_token_ratio, self.new_token_ratio - cfg.new_token_ratio_decay
         )
-
-    def _verify_drafts(
-        self, reqs: list[Req], last: torch.Tensor, extra: list[torch.Tensor | None],
-        outputs: list[StepOutput],
-    ) -> None:  # fmt: skip
-        """Sample draft positions in rounds; a request goes on while its draft matches.
-
-        Round j samples every request still going from the logits at its j-th
-        fed position (0: its last token, j: draft token j-1). Draft token j's
-        slot joins the request's K/V only when the token sampled in round j
-        equals it; the slots of the rest are freed.
-        """
-        drafts = [r.draft_ids for r in reqs]
-        spare = []  # [k] slots of each request's draft tokens, set aside
-        for r, d in zip(reqs, drafts, strict=True):
-            r.draft_ids = []
-            spare.append(r.kv_slots[r.kv_len - len(d) :])
-            r.kv_slots = r.kv_slots[: r.kv_len - len(d)]
-        used = [0] * len(reqs)
-        going, j = list(range(len(reqs))), 0
-        step_outputs: list[StepOutput] = []
-        while going:
-            rows = [extra[i][j] if j < len(drafts[i]) else last[i] for i in going]  # type: ignore[index]
-            tokens = self._sample([reqs[i] for i in going], torch.stack(rows))
-            nxt = []
-            for i, token in zip(going, tokens, strict=True):
-                req = reqs[i]
-                self._append(req, token, step_outputs)
-                if not req.finished and j < len(drafts[i]) and token == drafts[i][j]:
-                    req.kv_slots = torch.cat([req.kv_slots, spare[i][j : j + 1]])
-                    used[i] += 1
-                    nxt.append(i)
-            self.stats.jump_forward_tokens += len(nxt)
-            going, j = nxt, j + 1
-        for i, slots in enumerate(spare):
-            if used[i] < len(slots):
-                self.kv.pool.free(slots[used[i] :])
-        merged: dict[int, StepOutput] = {}  # one output per request and step
-        for o in step_outputs:
-            prev = merged.get(id(o.req))
-            merged[id(o.req)] = (
-                o
-                if prev is None
-                else StepOutput(o.req, prev.new_ids + o.new_ids, prev.text + o.text, o.finished)
-            )
-        outputs.extend(merged.values())
 
     def _reserve_decode_slots(self) -> bool:
         """Give every running request one slot for this step (more for a draft).
@@ -301,10 +247,7 @@ class Scheduler:
         """
         while self.running:
             sizes = [1 + len(r.draft_ids) for r in self.running]
-            new = self.kv.alloc(sum(sizes))
-            if new is not None:
-                for req, slots in zip(self.running, new.split(sizes), strict=True):
-                    req.kv_slots = torch.cat([req.kv_slots, slots])
+            if self.kv.reserve_decode(self.running, sizes):
                 return True
             if sum(sizes) > len(sizes):
                 for req in self.running:
@@ -397,24 +340,8 @@ class Scheduler:
 
     def stats_snapshot(self) -> dict[str, Any]:
         """Cache hit rate (in prompt tokens), token counts, KV usage, running and waiting counts."""
-        pool, cache = self.kv.pool, self.kv.cache
-        used = pool.total - pool.available_size() - cache.evictable_size
-        st = self.stats
-        return {
-            "cache_hit_rate": st.hit_rate,
-            "prompt_tokens": st.prompt_tokens,
-            "cached_tokens": st.cached_tokens,
-            "prefill_tokens": st.prefill_tokens,
-            "generated_tokens": st.generated_tokens,
-            "decode_steps": st.decode_steps,
-            "jump_forward_tokens": st.jump_forward_tokens,
-            "retractions": st.retractions,
-            "num_running_reqs": len(self.running) + (1 if self.chunked else 0),
-            "num_waiting_reqs": len(self.waiting),
-            "token_usage": used / pool.total,
-            "cached_tree_tokens": cache.total_size,
-            "max_total_tokens": pool.total,
-        }
+        live = len(self.running) + (1 if self.chunked else 0)
+        return snapshot(self.stats, self.kv, live, len(self.waiting))
 
     def check_integrity(self) -> None:
         """Raise IntegrityError unless free + cached + held by running requests == total."""
@@ -424,18 +351,3 @@ class Scheduler:
 
 class SchedulerBroken(RuntimeError):
     """The KV pool and prefix tree are inconsistent: no further step is safe."""
-
-
-@dataclass
-class SchedulerStats:
-    prompt_tokens: int = 0  # over first admissions
-    cached_tokens: int = 0  # of those, served from the cache
-    prefill_tokens: int = 0  # actually computed (includes recomputation after retraction)
-    generated_tokens: int = 0
-    decode_steps: int = 0
-    jump_forward_tokens: int = 0  # output tokens that came from a grammar's forced text
-    retractions: int = 0
-
-    @property
-    def hit_rate(self) -> float:
-        return self.cached_tokens / self.prompt_tokens if self.prompt_tokens else 0.0

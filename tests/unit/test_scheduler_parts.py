@@ -29,8 +29,8 @@ def req(rid: str, ids: list[int], max_new: int = 4) -> Req:
 def cache_sequence(kv: KVManager, ids: list[int]) -> None:
     """Put `ids` in the tree as a finished request would."""
     r = req("warm", ids)
-    kv.match(r)
-    assert kv.lock_and_allocate(r, len(ids) - r.prefix_len)
+    m = kv.match(r)
+    assert kv.lock_and_allocate(r, m, len(ids) - m.prefix_len)
     kv.release(r)
 
 

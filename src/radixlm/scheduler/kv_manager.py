@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from radixlm.kvcache.pool import KVPool
-from radixlm.kvcache.prefix_cache import PrefixCache
+from radixlm.kvcache.prefix_cache import MatchResult, PrefixCache
 from radixlm.scheduler.request import Req
 
 
@@ -26,18 +26,15 @@ class KVManager:
 
     # -- matching and admission ------------------------------------------------
 
-    def match(self, req: Req) -> int:
-        """Set req.prefix_len / match_node / match_slots to the longest cached prefix.
+    def match(self, req: Req) -> MatchResult:
+        """The longest cached prefix `req` may reuse.
 
-        The key stops at `req.max_prefix_len()`, so at least one token (and
-        every position whose prompt logprobs are wanted) is computed. The match
-        is valid until the next allocation or eviction unless
-        `lock_and_allocate` locks it.
+        The key stops at `req.max_prefix_len()`, so at least one token (and every
+        position whose prompt logprobs are wanted) is computed. The result is valid
+        until the next allocation or eviction unless `lock_and_allocate` locks it.
         """
         key = req.fill_ids[: req.max_prefix_len()]
-        m = self.cache.match_prefix(key, req.extra_key, record=False)
-        req.prefix_len, req.match_node, req.match_slots = m.prefix_len, m.last_node, m.slot_indices
-        return m.prefix_len
+        return self.cache.match_prefix(key, req.extra_key, record=False)
 
     def available(self) -> int:
         """Slots an allocation could get now: free plus evictable."""
@@ -52,23 +49,22 @@ class KVManager:
             self.cache.evict(short)
         return self.pool.alloc(n)
 
-    def lock_and_allocate(self, req: Req, extend_len: int) -> bool:
-        """Start (or restart) a waiting request: lock its match, allocate `extend_len` slots.
+    def lock_and_allocate(self, req: Req, m: MatchResult, extend_len: int) -> bool:
+        """Start (or restart) a waiting request: lock its match `m`, allocate `extend_len` slots.
 
-        Call right after `match(req)`, with no allocation in between (an
+        Call right after `m = match(req)`, with no allocation in between (an
         allocation may evict what the match found). On success req.kv_slots =
         matched prefix slots + new slots; on failure nothing changes and False
         is returned.
         """
-        assert req.match_node is not None and req.match_slots is not None
-        self.cache.inc_lock_ref(req.match_node)
+        self.cache.inc_lock_ref(m.last_node)
         new = self.alloc(extend_len)
         if new is None:
-            self.cache.dec_lock_ref(req.match_node)
+            self.cache.dec_lock_ref(m.last_node)
             return False
-        req.kv_slots = torch.cat([req.match_slots, new])
-        req.cache_protected_len = req.prefix_len
-        req.last_node = req.match_node
+        req.kv_slots = torch.cat([m.slot_indices, new])
+        req.cache_protected_len = m.prefix_len
+        req.last_node = m.last_node
         return True
 
     def extend(self, req: Req, n: int) -> bool:

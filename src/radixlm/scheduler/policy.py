@@ -11,7 +11,7 @@ import random
 from collections import defaultdict
 from collections.abc import Callable
 
-from radixlm.kvcache.prefix_cache import TreeNode
+from radixlm.kvcache.prefix_cache import MatchResult, TreeNode
 from radixlm.scheduler.request import Req
 
 POLICIES = ("fcfs", "lpm", "dfs-weight", "lof", "random")
@@ -21,12 +21,12 @@ class SchedulePolicy:
     def __init__(
         self,
         name: str,
-        match: Callable[[Req], int],
+        match: Callable[[Req], MatchResult],
         root: TreeNode | None,
         fcfs_fallback_queue_len: int = 128,
         seed: int = 0,
     ) -> None:
-        """`match(req)` sets req.prefix_len / req.match_node; `root` is the tree's root."""
+        """`match(req)` is the request's cached prefix now; `root` is the tree's root."""
         if name not in POLICIES:
             raise ValueError(f"unknown schedule policy {name!r}; choose from {', '.join(POLICIES)}")
         self.name = name
@@ -50,24 +50,23 @@ class SchedulePolicy:
             shuffled = list(waiting)
             self.rng.shuffle(shuffled)
             return shuffled
-        for req in waiting:
-            self.match(req)
+        matches = {id(r): self.match(r) for r in waiting}
         if name == "lpm":
             # Stable sort: equal matches keep arrival order.
-            return sorted(waiting, key=lambda r: -r.prefix_len)
-        return self._dfs_weight(waiting)
+            return sorted(waiting, key=lambda r: -matches[id(r)].prefix_len)
+        return self._dfs_weight(waiting, {i: m.last_node for i, m in matches.items()})
 
-    def _dfs_weight(self, waiting: list[Req]) -> list[Req]:
+    def _dfs_weight(self, waiting: list[Req], node_of: dict[int, TreeNode]) -> list[Req]:
         """Depth-first over the tree, heavier subtrees (more waiting requests) first.
 
-        A request sits at the node where its match ended. A node's subtrees come
-        before the node's own requests (deeper matches first); requests at one
-        node keep arrival order.
+        A request sits at the node where its match ended (`node_of[id(req)]`). A
+        node's subtrees come before the node's own requests (deeper matches first);
+        requests at one node keep arrival order.
         """
         at_node: dict[int, list[Req]] = defaultdict(list)
         weight: dict[int, int] = defaultdict(int)
         for req in waiting:
-            node = req.match_node
+            node: TreeNode | None = node_of[id(req)]
             assert node is not None
             at_node[node.id].append(req)
             while node is not None:  # every ancestor's subtree gains one request

@@ -77,10 +77,10 @@ class PrefillAdder:
         for req in ordered:
             if len(batch.reqs) >= slots_left or prefill_left <= 0:
                 break
-            self.kv.match(req)
-            if self._held_back(req, batch):
+            m = self.kv.match(req)
+            if self._held_back(req, m.prefix_len, batch):
                 continue
-            extend = req.fill_len - req.prefix_len
+            extend = req.fill_len - m.prefix_len
             need = extend + int(req.remaining_new_tokens() * ratio)
             if need > budget and (batch.reqs or running):
                 break  # wait for memory; head-of-line order is kept
@@ -90,7 +90,7 @@ class PrefillAdder:
                 if chunk is None and not batch.reqs:
                     limit = n  # no chunking: a long prompt still runs, alone
                 n = limit
-            if not self.kv.lock_and_allocate(req, n):
+            if not self.kv.lock_and_allocate(req, m, n):
                 break
             self._add(batch, req, n)
             budget -= need
@@ -105,8 +105,9 @@ class PrefillAdder:
         if req.kv_len < req.fill_len:  # slots already include this chunk
             batch.chunked = req
 
-    def _held_back(self, req: Req, batch: PrefillBatch) -> bool:
-        """True if an admitted request shares a long uncached prefix with `req`.
+    def _held_back(self, req: Req, cached: int, batch: PrefillBatch) -> bool:
+        """True if an admitted request shares a long uncached prefix with `req` (whose
+        first `cached` tokens are cached).
 
         Computing that prefix once and letting `req` reuse it next step beats
         computing it twice in the same batch. "Long" is the threshold, or all of
@@ -117,12 +118,12 @@ class PrefillAdder:
         if threshold <= 0 or not self.kv.cache.shares_prefixes:
             return False
         fill = req.fill_ids
-        needed = min(threshold, req.max_prefix_len() - req.prefix_len)
+        needed = min(threshold, req.max_prefix_len() - cached)
         if needed <= 0:
             return False
         for other in batch.reqs:
             if other.extra_key != req.extra_key:
                 continue
-            if _common_len(fill, other.fill_ids) - req.prefix_len >= needed:
+            if _common_len(fill, other.fill_ids) - cached >= needed:
                 return True
         return False

@@ -84,11 +84,6 @@ class Req:
     cache_protected_len: int = 0
     last_node: TreeNode | None = None
 
-    # Per-admission scheduling scratch (valid only inside one schedule pass).
-    prefix_len: int = 0  # tokens matched in the cache when last checked
-    match_node: TreeNode | None = None
-    match_slots: torch.Tensor | None = None
-
     # Constrained decoding: the compile in flight, then the matcher; draft_ids are the
     # tokens of the text the grammar forces next, checked by the next decode step.
     grammar_future: Future[Any] | None = None

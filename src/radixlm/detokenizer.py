@@ -11,10 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from radixlm.tokenizer import Tokenizer
+from radixlm.tokenizer import Tokenizer
 
 # What decoding an incomplete UTF-8 sequence produces.
 REPLACEMENT_CHAR = "\ufffd"

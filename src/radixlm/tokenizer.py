@@ -22,26 +22,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from radixlm.detokenizer import (
-    IncrementalDetokenizer,
-    StopMatch,
-    StopStringMatcher,
-    TextStream,
-    truncate_at_stop,
-)
-
 log = logging.getLogger(__name__)
-
-__all__ = [
-    "ChatTemplateError",
-    "IncrementalDetokenizer",
-    "StopMatch",
-    "StopStringMatcher",
-    "TextStream",
-    "Tokenizer",
-    "load_tokenizer",
-    "truncate_at_stop",
-]
 
 # Tokens that end an assistant turn in common chat formats (ChatML, Llama-3, Phi-3, Gemma).
 # When the chat template writes one of them and the vocabulary has it as a single token, the
@@ -113,12 +94,6 @@ class Tokenizer:
         return self.hf_tokenizer.decode(
             list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False
         )
-
-    def detokenizer(
-        self, skip_special_tokens: bool = True, prompt_ids: Sequence[int] = ()
-    ) -> IncrementalDetokenizer:
-        """A fresh `IncrementalDetokenizer` over this tokenizer (see its docs for the args)."""
-        return IncrementalDetokenizer(self, skip_special_tokens, prompt_ids)
 
     # --- chat -------------------------------------------------------------------------
 

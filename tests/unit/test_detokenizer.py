@@ -85,7 +85,7 @@ def test_special_tokens_in_the_middle(tokenizer, skip):
 def test_multibyte_characters_wait_for_their_last_byte(tokenizer):
     ids = tokenizer.encode("🎉", add_special_tokens=False)
     assert len(ids) > 1  # split over several byte tokens in both tiny vocabularies
-    detok = tokenizer.detokenizer()
+    detok = IncrementalDetokenizer(tokenizer)
     assert [detok.add([i]) for i in ids[:-1]] == [""] * (len(ids) - 1)
     assert detok.pending_ids == len(ids) - 1
     assert detok.add(ids[-1:]) == "🎉"
@@ -94,7 +94,7 @@ def test_multibyte_characters_wait_for_their_last_byte(tokenizer):
 
 def test_flush_releases_an_incomplete_character(tokenizer):
     ids = tokenizer.encode("a🎉", add_special_tokens=False)[:-1]
-    detok = tokenizer.detokenizer()
+    detok = IncrementalDetokenizer(tokenizer)
     held = "".join(detok.add([i]) for i in ids)
     assert held == "a"
     tail = detok.flush()

@@ -61,8 +61,3 @@ class Finisher:
         if stream is None or stream.stop is not None:
             return ""
         return stream.finish().text
-
-    def text(self, req: Req) -> str | None:
-        """Everything sent so far for `req` (None without a tokenizer or after it closed)."""
-        stream = self._streams.get(req.rid)
-        return None if stream is None else stream.text

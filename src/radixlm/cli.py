@@ -1,6 +1,6 @@
 """`radixlm` console entry point: parse flags, dispatch to a subcommand.
 
-`radixlm serve` runs the HTTP server (see `radixlm.launch_server`); `radixlm chat`
+`radixlm serve` runs the HTTP server (see `radixlm.server.launch`); `radixlm chat`
 and `radixlm generate` talk to the model in the terminal; `radixlm bench` measures a
 server (see `radixlm.bench`).
 """
@@ -20,7 +20,7 @@ import logging
 from collections.abc import Callable
 from typing import TypeVar
 
-from radixlm.server.args import (
+from radixlm.args import (
     bench_config_from_args,
     build_parser,
     chat_config_from_args,
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(str(e))  # exits
 
     if ns.command == "serve":
-        from radixlm.launch_server import run_server
+        from radixlm.server.launch import run_server
 
         return run_server(config(server_config_from_args))
     if ns.command in ("chat", "generate"):

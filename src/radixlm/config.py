@@ -6,7 +6,9 @@ loader (Hugging Face directory, GGUF file) produces and the model consumes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+import enum
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -196,12 +198,28 @@ class CacheConfig:
     disable_radix_cache: bool = False
     debug: bool = False  # check every free against an allocation mask (slow)
 
+    def __post_init__(self) -> None:
+        if self.max_total_tokens is not None and self.max_total_tokens < 16:
+            raise ValueError("max_total_tokens: must be at least 16")
+        if not 0 < self.mem_fraction < 1:
+            raise ValueError("mem_fraction: must be in (0, 1)")
+
+
+class SchedulePolicyName(enum.StrEnum):
+    """How the waiting queue is ordered (see `scheduler.policy`)."""
+
+    LPM = "lpm"  # longest cached prefix first
+    DFS_WEIGHT = "dfs-weight"  # depth-first over the tree, heavier subtrees first
+    FCFS = "fcfs"  # arrival order
+    LOF = "lof"  # longest output first
+    RANDOM = "random"
+
 
 @dataclass(frozen=True)
 class SchedulerConfig:
     """How the scheduler orders, admits and batches requests."""
 
-    schedule_policy: str = "lpm"
+    schedule_policy: SchedulePolicyName = SchedulePolicyName.LPM  # a name is accepted too
     max_running_requests: int = 256
     max_prefill_tokens: int = 8192  # prompt tokens per prefill step
     chunked_prefill_size: int = 2048  # longer prompts are prefilled in chunks; <= 0 disables
@@ -213,6 +231,18 @@ class SchedulerConfig:
     seed: int = 0  # for the random policy
     grammar_backend: str = "xgrammar"  # constrained decoding library; "none" turns it off
     disable_jump_forward: bool = False  # decode a grammar's forced text token by token
+
+    def __post_init__(self) -> None:
+        try:
+            policy = SchedulePolicyName(self.schedule_policy)
+        except ValueError:
+            names = ", ".join(p.value for p in SchedulePolicyName)
+            raise ValueError(
+                f"schedule_policy: unknown policy {self.schedule_policy!r}; choose one of {names}"
+            ) from None
+        object.__setattr__(self, "schedule_policy", policy)
+        if self.max_running_requests < 1:
+            raise ValueError("max_running_requests: must be at least 1")
 
 
 @dataclass(frozen=True)
@@ -228,3 +258,77 @@ class ChatConfig:
     def engine_options(self) -> dict[str, Any]:
         """The `radixlm.Engine` keyword options of this chat."""
         return {"model": self.load.model, "dtype": self.load.dtype, "device": self.load.device}
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Everything an engine is built from: the model, the KV cache, the scheduler."""
+
+    load: LoadConfig = field(default_factory=LoadConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    skip_tokenizer_init: bool = False  # token ids in and out only; no text, no stop strings
+    queue_timeout: float | None = None  # seconds a request may wait, never admitted
+
+    def __post_init__(self) -> None:
+        if self.queue_timeout is not None and not self.queue_timeout > 0:
+            raise ValueError("queue_timeout: must be > 0 seconds")
+
+    def options(self) -> dict[str, Any]:
+        """Every field as one flat dict (what `build_engine_config` takes), enums as values."""
+        flat: dict[str, Any] = {}
+        for section in (self.load, self.cache, self.scheduler):
+            flat |= dataclasses.asdict(section)
+        flat |= {"skip_tokenizer_init": self.skip_tokenizer_init,
+                 "queue_timeout": self.queue_timeout}  # fmt: skip
+        return {k: v.value if isinstance(v, enum.Enum) else v for k, v in flat.items()}
+
+
+def _field_names(cls: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
+
+
+def build_engine_config(**options: Any) -> EngineConfig:
+    """Sort flat options (model=..., max_total_tokens=..., schedule_policy=...) into sections.
+
+    Raises TypeError naming any option no section knows.
+    """
+    sections: dict[str, dict[str, Any]] = {"load": {}, "cache": {}, "scheduler": {}}
+    top: dict[str, Any] = {}
+    owners = {"load": LoadConfig, "cache": CacheConfig, "scheduler": SchedulerConfig}
+    for key, value in options.items():
+        for name, cls in owners.items():
+            if key in _field_names(cls):
+                sections[name][key] = value
+                break
+        else:
+            if key in ("skip_tokenizer_init", "queue_timeout"):
+                top[key] = value
+            else:
+                raise TypeError(f"unknown engine option {key!r}")
+    return EngineConfig(
+        load=LoadConfig(**sections["load"]),
+        cache=CacheConfig(**sections["cache"]),
+        scheduler=SchedulerConfig(**sections["scheduler"]),
+        **top,
+    )
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """An HTTP server (OpenAI and SGLang APIs) in front of an engine process."""
+
+    host: str = "127.0.0.1"
+    port: int = 30000
+    api_key: str | None = None
+    served_model_name: str | None = None  # default: the --model value
+    log_level: str = "info"
+    disable_request_log: bool = False
+    max_n: int = 16  # the most samples (n) one request may ask for
+    engine: EngineConfig = field(default_factory=EngineConfig)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.port < 65536:
+            raise ValueError("port: must be in 1..65535")
+        if self.max_n < 1:
+            raise ValueError("max_n: must be at least 1")

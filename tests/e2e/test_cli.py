@@ -10,7 +10,8 @@ import sys
 import pytest
 from e2e.server_process import free_port
 
-from radixlm.server.args import build_parser, chat_config_from_args, server_config_from_args
+from radixlm.args import build_parser, chat_config_from_args, server_config_from_args
+from radixlm.config import SchedulePolicyName
 
 TURN = re.compile(r"\[(\d+) prompt tokens, (\d+) cached, (\d+) generated in")
 
@@ -68,10 +69,16 @@ def test_serve_flags_become_a_server_config():
     )  # fmt: skip
     cfg = server_config_from_args(ns)
     assert (cfg.port, cfg.api_key) == (8080, "k")
-    assert cfg.engine["max_total_tokens"] == 1024 and cfg.engine["disable_radix_cache"]
-    assert (cfg.engine["schedule_policy"], cfg.engine["chunked_prefill_size"]) == ("fcfs", 64)
+    assert cfg.engine.cache.max_total_tokens == 1024 and cfg.engine.cache.disable_radix_cache
+    assert cfg.engine.scheduler.schedule_policy == SchedulePolicyName.FCFS
+    assert cfg.engine.scheduler.chunked_prefill_size == 64
     with pytest.raises(ValueError, match="--port"):
         server_config_from_args(build_parser().parse_args(["serve", "--port", "0"]))
+    # Each config checks its own fields; the error names the flag.
+    for flag, value in (("--max-total-tokens", "8"), ("--mem-fraction", "1.5"),
+                        ("--max-running-requests", "0"), ("--queue-timeout", "-1")):  # fmt: skip
+        with pytest.raises(ValueError, match=f"^{flag}: "):
+            server_config_from_args(build_parser().parse_args(["serve", flag, value]))
 
 
 def test_serve_with_a_missing_model_fails_cleanly(tmp_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi.testclient import TestClient
 
-from radixlm.server.args import ServerConfig
+from radixlm.config import ServerConfig, build_engine_config
 from radixlm.server.http_server import MAX_BODY_BYTES, create_app
 from radixlm.server.state import ServerState
 
@@ -12,7 +12,7 @@ INFO = {"model_path": "tiny", "max_request_tokens": 512, "vocab_size": 384, "pid
 
 
 def _client(tmp_path, api_key=None) -> TestClient:
-    cfg = ServerConfig(api_key=api_key, engine={"model": "tiny"})
+    cfg = ServerConfig(api_key=api_key, engine=build_engine_config(model="tiny"))
     addr = f"ipc://{tmp_path}/absent"
     return TestClient(create_app(ServerState(cfg, INFO, None, addr, addr)))
 

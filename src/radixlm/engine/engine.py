@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import Future
 from typing import Any
 
-from radixlm.engine.config import EngineConfig, build_engine_config
+from radixlm.config import EngineConfig, build_engine_config
 from radixlm.engine.loop import EngineLoop
 from radixlm.engine.messages import AbortMsg, ControlMsg, ErrorMsg, ReplyMsg
 from radixlm.engine.output import EngineError, Prompt, RequestHandle, expand_requests

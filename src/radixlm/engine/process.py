@@ -24,7 +24,7 @@ from typing import Any
 
 import zmq
 
-from radixlm.engine.config import build_engine_config
+from radixlm.config import EngineConfig
 from radixlm.engine.loop import EngineLoop
 from radixlm.engine.messages import ReadyMsg
 from radixlm.engine.setup import Runtime, build_runtime
@@ -67,16 +67,9 @@ def zmq_receiver(inbox: zmq.Socket) -> Callable[[float], list[Any]]:
 
 
 def run_engine_process(
-    options: dict[str, Any],
-    in_addr: str,
-    out_addr: str,
-    ready_conn: Any,
-    log_level: str,
-    queue_timeout: float | None = None,
+    config: EngineConfig, in_addr: str, out_addr: str, ready_conn: Any, log_level: str
 ) -> None:
-    """Process entry point: build the runtime from engine `options`, serve until shutdown.
-
-    `queue_timeout` (seconds): a request waiting longer than that is aborted.
+    """Process entry point: build the runtime from `config`, serve until shutdown.
 
     Sends one `ReadyMsg` on `ready_conn` (with the model info, or the load error).
     SIGINT is ignored: the parent decides when the engine stops.
@@ -90,7 +83,7 @@ def run_engine_process(
     try:
         inbox.bind(in_addr)
         outbox.bind(out_addr)
-        rt = build_runtime(build_engine_config(**options))
+        rt = build_runtime(config)
     except Exception as e:
         ready_conn.send(ReadyMsg(error=f"{type(e).__name__}: {e}"))
         ctx.destroy(linger=0)
@@ -99,7 +92,7 @@ def run_engine_process(
     ready_conn.close()
     parent = os.getppid()
     loop = EngineLoop(rt.scheduler, rt.tokenizer, zmq_receiver(inbox), outbox.send_pyobj,
-                      queue_timeout)  # fmt: skip
+                      config.queue_timeout)  # fmt: skip
     try:
         loop.run(alive=lambda: os.getppid() == parent)  # no orphans
     finally:

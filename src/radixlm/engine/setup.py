@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from radixlm.engine.config import EngineConfig
+from radixlm.config import EngineConfig
 from radixlm.grammar import GrammarCache, make_backend
 from radixlm.kvcache.chunk_cache import ChunkCache
 from radixlm.kvcache.pool import KVPool
@@ -14,7 +14,6 @@ from radixlm.kvcache.radix_cache import RadixCache
 from radixlm.loader import LoadedModel, load_model
 from radixlm.scheduler.constraints import Constraints
 from radixlm.scheduler.finisher import Finisher
-from radixlm.scheduler.policy import POLICIES
 from radixlm.scheduler.scheduler import Scheduler
 from radixlm.tokenizer import Tokenizer, load_tokenizer
 
@@ -32,11 +31,6 @@ def build_runtime(
     config: EngineConfig, loaded: LoadedModel | None = None, tokenizer: Tokenizer | None = None
 ) -> Runtime:
     """Load (or reuse `loaded` / `tokenizer`) and wire the pool, cache and scheduler."""
-    if config.scheduler.schedule_policy not in POLICIES:
-        raise ValueError(
-            f"unknown schedule_policy {config.scheduler.schedule_policy!r}; "
-            f"choose from {', '.join(POLICIES)}"
-        )
     loaded = loaded or load_model(config.load)
     if tokenizer is None and not config.skip_tokenizer_init:
         tok_path = config.load.tokenizer or loaded.path
@@ -61,7 +55,7 @@ def build_runtime(
     log.info(
         "KV pool: %d tokens (%.1f MiB), radix cache %s, policy %s",
         pool.total, pool.total * pool.shape.bytes_per_token / 2**20,
-        "off" if c.disable_radix_cache else "on", config.scheduler.schedule_policy,
+        "off" if c.disable_radix_cache else "on", config.scheduler.schedule_policy.value,
     )  # fmt: skip
     return Runtime(loaded, tokenizer, scheduler)
 

@@ -11,25 +11,22 @@ import random
 from collections import defaultdict
 from collections.abc import Callable
 
+from radixlm.config import SchedulePolicyName
 from radixlm.kvcache.prefix_cache import MatchResult, TreeNode
 from radixlm.scheduler.request import Req
-
-POLICIES = ("fcfs", "lpm", "dfs-weight", "lof", "random")
 
 
 class SchedulePolicy:
     def __init__(
         self,
-        name: str,
+        name: SchedulePolicyName | str,
         match: Callable[[Req], MatchResult],
         root: TreeNode | None,
         fcfs_fallback_queue_len: int = 128,
         seed: int = 0,
     ) -> None:
         """`match(req)` is the request's cached prefix now; `root` is the tree's root."""
-        if name not in POLICIES:
-            raise ValueError(f"unknown schedule policy {name!r}; choose from {', '.join(POLICIES)}")
-        self.name = name
+        self.name = SchedulePolicyName(name).value  # ValueError for an unknown name
         self.match = match
         self.root = root
         self.fallback_len = fcfs_fallback_queue_len

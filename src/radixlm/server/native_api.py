@@ -15,13 +15,13 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 import radixlm
 from radixlm.engine.requests import RequestOptions
-from radixlm.server.errors import ApiError, error_body
-from radixlm.server.generation import (
+from radixlm.server.dispatch import (
     collect,
     collect_unless_gone,
     merged,
     plan,
 )
+from radixlm.server.errors import ApiError, error_body
 from radixlm.server.protocol import AbortRequest, GenerateRequest
 from radixlm.server.state import ServerState
 
@@ -199,7 +199,7 @@ async def get_server_info(request: Request) -> dict[str, Any]:
     state = _state(request)
     stats = await state.engine().call("get_stats")
     return {
-        **state.cfg.engine,
+        **state.cfg.engine.options(),
         "host": state.cfg.host,
         "port": state.cfg.port,
         "served_model_name": state.model_name,

@@ -12,8 +12,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from radixlm.engine.messages import GenerateMsg
 from radixlm.engine.requests import RequestOptions
+from radixlm.server.dispatch import collect_unless_gone, merged, plan
 from radixlm.server.errors import ApiError, error_body
-from radixlm.server.generation import collect_unless_gone, merged, plan
 from radixlm.server.native_api import sse
 from radixlm.server.openai_format import (
     chat_logprobs,

@@ -6,8 +6,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from radixlm.config import ServerConfig
 from radixlm.engine.client import EngineClient
-from radixlm.server.args import ServerConfig
 from radixlm.server.errors import ApiError
 from radixlm.server.metrics import ServerMetrics
 from radixlm.tokenizer import Tokenizer
@@ -34,7 +34,7 @@ class ServerState:
         self.ready = False
         self.metrics = ServerMetrics(request_log=not cfg.disable_request_log)
         self.started_at = time.time()
-        self.model_name = cfg.served_model_name or cfg.engine.get("model") or info["model_path"]
+        self.model_name = cfg.served_model_name or cfg.engine.load.model or info["model_path"]
 
     @property
     def max_request_tokens(self) -> int:

@@ -1,4 +1,4 @@
-"""Turn validated prompts into engine requests, and engine chunks into results.
+"""Send validated API calls to the engine as requests, and gather their chunks into results.
 
 Shared by the native and the OpenAI routes: `plan` is the server's thin adapter over
 the engine's request builder (its errors become API errors under the API's field

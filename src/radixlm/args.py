@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass, field
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
-from radixlm.config import ChatConfig, LoadConfig
+from radixlm.config import (
+    ChatConfig,
+    LoadConfig,
+    SchedulePolicyName,
+    ServerConfig,
+    build_engine_config,
+)
 from radixlm.loader import DEFAULT_MODEL
 from radixlm.sampling.params import SamplingParams, SamplingParamsError
 
@@ -44,21 +51,6 @@ def _add_chat_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--raw", action="store_true", help="do not apply the chat template")
 
 
-@dataclass(frozen=True)
-class ServerConfig:
-    """An HTTP server (OpenAI and SGLang APIs) in front of an engine process."""
-
-    host: str = "127.0.0.1"
-    port: int = 30000
-    api_key: str | None = None
-    served_model_name: str | None = None  # default: the --model value
-    log_level: str = "info"
-    disable_request_log: bool = False
-    max_n: int = 16  # the most samples (n) one request may ask for
-    queue_timeout: float | None = None  # seconds a request may wait in the queue
-    engine: dict[str, Any] = field(default_factory=dict)  # EngineConfig keyword options
-
-
 def add_server_args(p: argparse.ArgumentParser) -> None:
     """The flags of `radixlm serve` and `python -m radixlm.launch_server`."""
     _add_model_args(p)
@@ -87,7 +79,8 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
         help="share of free memory given to the KV pool (when --max-total-tokens is unset)",
     )
     e.add_argument("--disable-radix-cache", action="store_true")
-    e.add_argument("--schedule-policy", default="lpm")
+    policies = [p.value for p in SchedulePolicyName]
+    e.add_argument("--schedule-policy", default="lpm", choices=policies)
     e.add_argument("--chunked-prefill-size", type=int, default=None)
     e.add_argument("--max-prefill-tokens", type=int, default=None)
     e.add_argument("--max-running-requests", type=int, default=None)
@@ -103,38 +96,39 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
 
 def server_config_from_args(ns: argparse.Namespace) -> ServerConfig:
     """Validate parsed server flags into a ServerConfig; raises ValueError naming the flag."""
-    if not 0 < ns.port < 65536:
-        raise ValueError("--port: must be in 1..65535")
-    if ns.max_total_tokens is not None and ns.max_total_tokens < 16:
-        raise ValueError("--max-total-tokens: must be at least 16")
-    if ns.mem_fraction is not None and not 0 < ns.mem_fraction < 1:
-        raise ValueError("--mem-fraction: must be in (0, 1)")
-    if ns.max_n < 1:
-        raise ValueError("--max-n: must be at least 1")
-    if ns.queue_timeout is not None and ns.queue_timeout <= 0:
-        raise ValueError("--queue-timeout: must be positive")
     engine: dict[str, Any] = {"model": ns.model, "dtype": ns.dtype, "device": ns.device}
-    engine["schedule_policy"] = ns.schedule_policy
-    engine["disable_radix_cache"] = ns.disable_radix_cache
-    engine["grammar_backend"] = ns.grammar_backend
-    engine["disable_jump_forward"] = ns.disable_jump_forward
-    for name in ("max_total_tokens", "mem_fraction", "chunked_prefill_size"):
+    for name in ("schedule_policy", "disable_radix_cache", "grammar_backend",
+                 "disable_jump_forward", "queue_timeout"):  # fmt: skip
+        engine[name] = getattr(ns, name)
+    for name in ("max_total_tokens", "mem_fraction", "chunked_prefill_size",
+                 "max_prefill_tokens", "max_running_requests"):  # fmt: skip
         if getattr(ns, name) is not None:
             engine[name] = getattr(ns, name)
-    for name in ("max_prefill_tokens", "max_running_requests"):
-        if getattr(ns, name) is not None:
-            engine[name] = getattr(ns, name)
-    return ServerConfig(
-        host=ns.host,
-        port=ns.port,
-        api_key=ns.api_key,
-        served_model_name=ns.served_model_name,
-        log_level=getattr(ns, "log_level", "info"),
-        disable_request_log=ns.disable_request_log,
-        max_n=ns.max_n,
-        queue_timeout=ns.queue_timeout,
-        engine=engine,
-    )
+    with _as_flag_errors():
+        return ServerConfig(
+            host=ns.host,
+            port=ns.port,
+            api_key=ns.api_key,
+            served_model_name=ns.served_model_name,
+            log_level=getattr(ns, "log_level", "info"),
+            disable_request_log=ns.disable_request_log,
+            max_n=ns.max_n,
+            engine=build_engine_config(**engine),
+        )
+
+
+@contextlib.contextmanager
+def _as_flag_errors() -> Iterator[None]:
+    """Turn a config's "field: why" ValueError into "--field: why" (the flag's name)."""
+    try:
+        yield
+    except SamplingParamsError as e:
+        raise ValueError(f"--{e.field.replace('_', '-')}: {e.message}") from None
+    except ValueError as e:
+        field, sep, why = str(e).partition(": ")
+        if sep and field.isidentifier():
+            raise ValueError(f"--{field.replace('_', '-')}: {why}") from None
+        raise
 
 
 def build_server_parser(prog: str = "radixlm.launch_server") -> argparse.ArgumentParser:
@@ -222,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def chat_config_from_args(ns: argparse.Namespace) -> ChatConfig:
     """Validate parsed flags into a ChatConfig; raises ValueError naming the bad flag."""
-    try:
+    with _as_flag_errors():
         params = SamplingParams(
             max_new_tokens=ns.max_new_tokens,
             temperature=ns.temperature,
@@ -230,7 +224,5 @@ def chat_config_from_args(ns: argparse.Namespace) -> ChatConfig:
             top_p=ns.top_p,
             seed=ns.seed,
         )
-    except SamplingParamsError as e:
-        raise ValueError(f"--{e.field.replace('_', '-')}: {e.message}") from None
     load = LoadConfig(model=ns.model, dtype=ns.dtype, device=ns.device)
     return ChatConfig(load=load, params=params, prompt=ns.prompt, system=ns.system, raw=ns.raw)

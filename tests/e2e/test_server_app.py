@@ -5,10 +5,13 @@ from __future__ import annotations
 from fastapi.testclient import TestClient
 
 from radixlm.config import ServerConfig, build_engine_config
+from radixlm.engine.messages import ModelInfo
 from radixlm.server.http_server import MAX_BODY_BYTES, create_app
 from radixlm.server.state import ServerState
 
-INFO = {"model_path": "tiny", "max_request_tokens": 512, "vocab_size": 384, "pid": 0}
+INFO = ModelInfo(model_path="tiny", architecture="llama", dtype="float32", device="cpu",
+                 weights_mib=0.5, context_length=512, vocab_size=384, max_total_tokens=4096,
+                 max_request_tokens=512, pid=0)  # fmt: skip
 
 
 def _client(tmp_path, api_key=None) -> TestClient:

@@ -10,7 +10,7 @@ checked once, where the request is built (`engine.requests`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from radixlm.sampling.params import SamplingParams
@@ -89,9 +89,25 @@ class ReplyMsg:
     error: str | None = None
 
 
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the HTTP process knows of the loaded model and the KV pool."""
+
+    model_path: str
+    architecture: str
+    dtype: str
+    device: str
+    weights_mib: float
+    context_length: int
+    vocab_size: int
+    max_total_tokens: int  # KV pool slots
+    max_request_tokens: int  # the most tokens (prompt + output) one request may hold
+    pid: int  # the engine process
+
+
 @dataclass
 class ReadyMsg:
     """Sent once over the start-up pipe: what was loaded, or why loading failed."""
 
     error: str | None = None
-    info: dict[str, Any] = field(default_factory=dict)
+    info: ModelInfo | None = None

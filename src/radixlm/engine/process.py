@@ -26,27 +26,27 @@ import zmq
 
 from radixlm.config import EngineConfig
 from radixlm.engine.loop import EngineLoop
-from radixlm.engine.messages import ReadyMsg
+from radixlm.engine.messages import ModelInfo, ReadyMsg
 from radixlm.engine.setup import Runtime, build_runtime
 
 log = logging.getLogger(__name__)
 
 
-def model_info(rt: Runtime) -> dict[str, Any]:
+def model_info(rt: Runtime) -> ModelInfo:
     """What the HTTP process needs to know about the loaded model and the KV pool."""
     c = rt.loaded.config
-    return {
-        "model_path": str(rt.loaded.path),
-        "architecture": c.architecture,
-        "dtype": str(rt.loaded.dtype).removeprefix("torch."),
-        "device": str(rt.loaded.device),
-        "weights_mib": rt.loaded.memory_bytes / 2**20,
-        "context_length": c.context_length,
-        "vocab_size": c.vocab_size,
-        "max_total_tokens": rt.scheduler.kv.pool.total,
-        "max_request_tokens": rt.scheduler.capacity,
-        "pid": os.getpid(),
-    }
+    return ModelInfo(
+        model_path=str(rt.loaded.path),
+        architecture=c.architecture,
+        dtype=str(rt.loaded.dtype).removeprefix("torch."),
+        device=str(rt.loaded.device),
+        weights_mib=rt.loaded.memory_bytes / 2**20,
+        context_length=c.context_length,
+        vocab_size=c.vocab_size,
+        max_total_tokens=rt.scheduler.kv.pool.total,
+        max_request_tokens=rt.scheduler.capacity,
+        pid=os.getpid(),
+    )
 
 
 def zmq_receiver(inbox: zmq.Socket) -> Callable[[float], list[Any]]:

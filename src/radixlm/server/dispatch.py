@@ -41,7 +41,7 @@ def plan(
     """
     try:
         params = [SamplingParams.from_dict(sp) for sp in sampling]
-        msgs = build_requests(prompts, params, rids, lp, int(state.info["vocab_size"]),
+        msgs = build_requests(prompts, params, rids, lp, state.info.vocab_size,
                               max_n=state.cfg.max_n)  # fmt: skip
     except SamplingParamsError as e:
         raise sampling_error(e, names) from None

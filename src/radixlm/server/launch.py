@@ -25,6 +25,7 @@ from typing import Any
 
 from radixlm.args import build_server_parser, server_config_from_args
 from radixlm.config import ServerConfig
+from radixlm.engine.messages import ModelInfo
 
 log = logging.getLogger("radixlm.server")
 
@@ -56,7 +57,7 @@ def spawn_engine(cfg: ServerConfig, ipc_dir: Path) -> tuple[mp.process.BaseProce
     return proc, recv_conn, in_addr, out_addr
 
 
-def wait_ready(proc: mp.process.BaseProcess, conn: Any) -> dict[str, Any]:
+def wait_ready(proc: mp.process.BaseProcess, conn: Any) -> ModelInfo:
     """Wait until the engine has loaded the model; return its model info.
 
     Raises EngineStartError with the engine's message when loading fails.
@@ -65,8 +66,8 @@ def wait_ready(proc: mp.process.BaseProcess, conn: Any) -> dict[str, Any]:
         if not proc.is_alive():
             raise EngineStartError(f"the engine process exited with code {proc.exitcode}")
     ready = conn.recv()
-    if ready.error is not None:
-        raise EngineStartError(ready.error)
+    if ready.error is not None or ready.info is None:
+        raise EngineStartError(ready.error or "the engine sent no model info")
     return ready.info
 
 
@@ -85,12 +86,12 @@ def stop_engine(proc: mp.process.BaseProcess, timeout: float = 3.0) -> None:
         proc.join()
 
 
-def banner(cfg: ServerConfig, info: dict) -> str:
+def banner(cfg: ServerConfig, info: ModelInfo) -> str:
     """The start-up line: where the server listens, the model, dtype and KV capacity."""
     return (
-        f"radixlm: serving {info['model_path']} ({info['architecture']}, {info['dtype']} on "
-        f"{info['device']}, {info['weights_mib']:.1f} MiB of weights, KV pool "
-        f"{info['max_total_tokens']} tokens, context {info['context_length']}) "
+        f"radixlm: serving {info.model_path} ({info.architecture}, {info.dtype} on "
+        f"{info.device}, {info.weights_mib:.1f} MiB of weights, KV pool "
+        f"{info.max_total_tokens} tokens, context {info.context_length}) "
         f"at http://{cfg.host}:{cfg.port}"
     )
 

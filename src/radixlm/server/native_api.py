@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 from collections.abc import AsyncIterator
@@ -50,7 +51,7 @@ def _prompts(state: ServerState, body: GenerateRequest) -> tuple[list[list[int]]
     ids = body.input_ids or []
     single = not ids or isinstance(ids[0], int)
     batch = [ids] if single else ids
-    vocab = int(state.info["vocab_size"])
+    vocab = state.info.vocab_size
     if any(not 0 <= t < vocab for seq in batch for t in seq):
         raise ApiError(400, f"input_ids: token ids must be in [0, {vocab})", param="input_ids")
     return batch, single, "input_ids"
@@ -165,7 +166,7 @@ def tokenizer_path(state: ServerState) -> str:
     name = getattr(state.tokenizer.hf_tokenizer, "name_or_path", "") or ""
     if name and (Path(name) / "tokenizer_config.json").is_file():
         return name
-    return str(state.info["model_path"])
+    return state.info.model_path
 
 
 @router.get("/get_model_info")
@@ -179,11 +180,11 @@ async def get_model_info(request: Request) -> dict[str, Any]:
     """
     state = _state(request)
     return {
-        "model_path": state.info["model_path"],
+        "model_path": state.info.model_path,
         "tokenizer_path": tokenizer_path(state),
         "is_generation": True,
         "served_model_name": state.model_name,
-        "model_type": state.info.get("architecture"),
+        "model_type": state.info.architecture,
         "preferred_sampling_params": None,
         "has_image_understanding": False,
         "has_audio_understanding": False,
@@ -203,8 +204,8 @@ async def get_server_info(request: Request) -> dict[str, Any]:
         "host": state.cfg.host,
         "port": state.cfg.port,
         "served_model_name": state.model_name,
-        **state.info,
-        "engine_pid": state.info["pid"],
+        **dataclasses.asdict(state.info),
+        "engine_pid": state.info.pid,
         "version": radixlm.__version__,
         **stats,
     }

@@ -101,7 +101,7 @@ async def list_models(request: Request) -> dict[str, Any]:
                 "object": "model",
                 "created": int(state.started_at),
                 "owned_by": "radixlm",
-                "root": state.info["model_path"],
+                "root": state.info.model_path,
                 "max_model_len": state.max_request_tokens,
             }
         ],
@@ -117,7 +117,7 @@ def _completion_prompts(state: ServerState, prompt: Any) -> list[list[int]]:
     if isinstance(prompt[0], int):
         prompt = [prompt]
     out = []
-    vocab = int(state.info["vocab_size"])
+    vocab = state.info.vocab_size
     for p in prompt:
         if isinstance(p, str):
             if not p:

@@ -8,6 +8,7 @@ from typing import Any
 
 from radixlm.config import ServerConfig
 from radixlm.engine.client import EngineClient
+from radixlm.engine.messages import ModelInfo
 from radixlm.server.errors import ApiError
 from radixlm.server.metrics import ServerMetrics
 from radixlm.tokenizer import Tokenizer
@@ -19,7 +20,7 @@ class ServerState:
     def __init__(
         self,
         cfg: ServerConfig,
-        info: dict[str, Any],
+        info: ModelInfo,
         tokenizer: Tokenizer,
         in_addr: str,
         out_addr: str,
@@ -34,12 +35,12 @@ class ServerState:
         self.ready = False
         self.metrics = ServerMetrics(request_log=not cfg.disable_request_log)
         self.started_at = time.time()
-        self.model_name = cfg.served_model_name or cfg.engine.load.model or info["model_path"]
+        self.model_name = cfg.served_model_name or cfg.engine.load.model or info.model_path
 
     @property
     def max_request_tokens(self) -> int:
         """The most tokens (prompt + output) one request may hold."""
-        return int(self.info["max_request_tokens"])
+        return self.info.max_request_tokens
 
     def engine(self) -> EngineClient:
         """The engine client; raises ApiError 503 while starting, stopping, or if it died."""
@@ -52,9 +53,9 @@ class ServerState:
 
     def check_model(self, name: str | None) -> None:
         """Raise ApiError 404 unless `name` is this server's model (or its path, or unset)."""
-        if name is None or name in (self.model_name, self.info["model_path"], "default"):
+        if name is None or name in (self.model_name, self.info.model_path, "default"):
             return
-        if Path(name).name == Path(self.info["model_path"]).name:
+        if Path(name).name == Path(self.info.model_path).name:
             return
         raise ApiError(
             404,

@@ -69,6 +69,12 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="abort a request that waits longer than this many seconds in the queue",
     )
+    g.add_argument(
+        "--engine-restart", action=argparse.BooleanOptionalAction, default=True,
+        help="start a new engine process when it dies (default); without, the server exits 1",
+    )  # fmt: skip
+    g.add_argument("--max-engine-restarts", type=int, default=3,
+                   help="engine restarts before the server gives up and exits 1")  # fmt: skip
     e = p.add_argument_group("engine")
     e.add_argument("--max-total-tokens", type=int, default=None, help="KV pool size in tokens")
     e.add_argument(
@@ -113,6 +119,8 @@ def server_config_from_args(ns: argparse.Namespace) -> ServerConfig:
             log_level=getattr(ns, "log_level", "info"),
             disable_request_log=ns.disable_request_log,
             max_n=ns.max_n,
+            engine_restart=ns.engine_restart,
+            max_engine_restarts=ns.max_engine_restarts,
             engine=build_engine_config(**engine),
         )
 

@@ -325,6 +325,8 @@ class ServerConfig:
     log_level: str = "info"
     disable_request_log: bool = False
     max_n: int = 16  # the most samples (n) one request may ask for
+    engine_restart: bool = True  # start a new engine when it dies (else the server exits)
+    max_engine_restarts: int = 3  # then the server exits non-zero
     engine: EngineConfig = field(default_factory=EngineConfig)
 
     def __post_init__(self) -> None:
@@ -332,3 +334,5 @@ class ServerConfig:
             raise ValueError("port: must be in 1..65535")
         if self.max_n < 1:
             raise ValueError("max_n: must be at least 1")
+        if self.max_engine_restarts < 0:
+            raise ValueError("max_engine_restarts: must be >= 0")

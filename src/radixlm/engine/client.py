@@ -119,6 +119,16 @@ class EngineClient:
         except Exception:
             log.exception("the request-done hook failed")
 
+    def fail_all(self, message: str, status: int = 503) -> int:
+        """End every request and control call in flight with `message` (the engine is gone);
+        returns how many requests there were."""
+        for rid, q in self.queues.items():
+            q.put_nowait(ErrorMsg(rid, message, status))
+        for cid, fut in list(self.calls.items()):
+            if not fut.done():
+                fut.set_result(ReplyMsg(cid, error=message))
+        return len(self.queues)
+
     def abort_nowait(self, rid: str | None) -> None:
         """Ask the engine to abort `rid` (None: all); safe inside cancellation and `finally`."""
         self.push.send_pyobj(AbortMsg(rid), zmq.NOBLOCK)

@@ -55,6 +55,9 @@ class EngineLoop:
     def run(self, alive: Callable[[], bool] = lambda: True) -> None:
         idle_checked = True
         while not self.stopping:
+            if not alive():
+                log.warning("the callers are gone; the engine loop ends")
+                return
             busy = self.sched.has_work()
             msgs = self.receive(0 if busy else IDLE_WAIT_S)
             self._send([reply for m in msgs for reply in self.handle(m)])
@@ -64,9 +67,6 @@ class EngineLoop:
                 if not idle_checked:
                     self._idle_check()
                     idle_checked = True
-                if not alive():
-                    log.warning("the callers are gone; the engine loop ends")
-                    return
                 continue
             idle_checked = False
             self._expire_waiting()

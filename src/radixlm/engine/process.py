@@ -49,6 +49,27 @@ def model_info(rt: Runtime) -> ModelInfo:
     )
 
 
+SEND_TIMEOUT_MS = 1000  # a send blocked this long checks whether the server is still there
+
+
+def zmq_sender(outbox: zmq.Socket, alive: Callable[[], bool]) -> Callable[[list[Any]], None]:
+    """`send(msgs)` for the loop; a send that cannot get through while the server process
+    is gone ends the engine (SystemExit) instead of blocking forever."""
+    outbox.setsockopt(zmq.SNDTIMEO, SEND_TIMEOUT_MS)
+
+    def send(msgs: list[Any]) -> None:
+        while True:
+            try:
+                outbox.send_pyobj(msgs)
+                return
+            except zmq.Again:
+                if not alive():
+                    log.warning("the server process is gone; the engine exits")
+                    raise SystemExit(0) from None
+
+    return send
+
+
 def zmq_receiver(inbox: zmq.Socket) -> Callable[[float], list[Any]]:
     """`receive(timeout_s)` for the loop: every message waiting on `inbox`, after waiting
     at most `timeout_s` for the first."""
@@ -91,9 +112,13 @@ def run_engine_process(
     ready_conn.send(ReadyMsg(info=model_info(rt)))
     ready_conn.close()
     parent = os.getppid()
-    loop = EngineLoop(rt.scheduler, rt.tokenizer, zmq_receiver(inbox), outbox.send_pyobj,
+
+    def alive() -> bool:
+        return os.getppid() == parent  # reparented: the server process died
+
+    loop = EngineLoop(rt.scheduler, rt.tokenizer, zmq_receiver(inbox), zmq_sender(outbox, alive),
                       config.queue_timeout)  # fmt: skip
     try:
-        loop.run(alive=lambda: os.getppid() == parent)  # no orphans
+        loop.run(alive=alive)  # no orphans
     finally:
         ctx.destroy(linger=1000)  # lets the last errors reach the server

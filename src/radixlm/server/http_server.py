@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -9,7 +10,6 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
-from radixlm.engine.client import EngineClient
 from radixlm.server.errors import ApiError, error_response, install_error_handlers
 from radixlm.server.native_api import router as native_router
 from radixlm.server.openai_api import router as openai_router
@@ -20,19 +20,23 @@ OPEN_PATHS = ("/health",)  # answered without an API key (liveness probes)
 
 
 def create_app(state: ServerState) -> FastAPI:
-    """The app for `state`; the engine client starts and stops with the app's lifespan."""
+    """The app for `state`; the engine client (and the supervisor's watch) start and stop
+    with the app's lifespan."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state.client = EngineClient(state.in_addr, state.out_addr, state.metrics.request_done)
-        state.client.start()
-        state.ready = True
+        state.connect(state.in_addr, state.out_addr)
+        sup = state.supervisor
+        watch = asyncio.create_task(sup.watch(state, state.request_stop)) if sup else None
         try:
             yield
         finally:
             state.ready = False
-            state.client.shutdown_nowait()
-            await state.client.close()
+            if watch is not None:
+                watch.cancel()
+            if state.client is not None:
+                state.client.shutdown_nowait()
+                await state.client.close()
 
     app = FastAPI(title="radixlm", lifespan=lifespan)
     app.state.server = state

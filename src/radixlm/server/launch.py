@@ -15,75 +15,26 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import logging
-import multiprocessing as mp
 import shutil
 import signal
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from radixlm.args import build_server_parser, server_config_from_args
 from radixlm.config import ServerConfig
 from radixlm.engine.messages import ModelInfo
+from radixlm.server.supervisor import EngineStartError, EngineSupervisor
 
 log = logging.getLogger("radixlm.server")
 
 HTTP_TORCH_THREADS = 1  # this process runs no model; it must not compete with the engine
 
 
-class EngineStartError(RuntimeError):
-    pass
-
-
-def spawn_engine(cfg: ServerConfig, ipc_dir: Path) -> tuple[mp.process.BaseProcess, Any, str, str]:
-    """Start the engine process (it loads the model in the background).
-
-    Returns (process, the pipe its ReadyMsg arrives on, requests address, outputs address).
-    """
-    from radixlm.engine.process import run_engine_process
-
-    in_addr, out_addr = f"ipc://{ipc_dir}/requests", f"ipc://{ipc_dir}/outputs"
-    ctx = mp.get_context("spawn")
-    recv_conn, send_conn = ctx.Pipe(duplex=False)
-    proc = ctx.Process(
-        target=run_engine_process,
-        args=(cfg.engine, in_addr, out_addr, send_conn, cfg.log_level),
-        name="radixlm-engine",
-        daemon=True,
-    )
-    proc.start()
-    send_conn.close()
-    return proc, recv_conn, in_addr, out_addr
-
-
-def wait_ready(proc: mp.process.BaseProcess, conn: Any) -> ModelInfo:
-    """Wait until the engine has loaded the model; return its model info.
-
-    Raises EngineStartError with the engine's message when loading fails.
-    """
-    while not conn.poll(0.2):
-        if not proc.is_alive():
-            raise EngineStartError(f"the engine process exited with code {proc.exitcode}")
-    ready = conn.recv()
-    if ready.error is not None or ready.info is None:
-        raise EngineStartError(ready.error or "the engine sent no model info")
-    return ready.info
-
-
 def _exit_on_sigterm(signum: int, frame: Any) -> None:
     raise SystemExit(128 + signum)  # unwinds through run_server's cleanup
-
-
-def stop_engine(proc: mp.process.BaseProcess, timeout: float = 3.0) -> None:
-    """Wait for the engine to exit (it was told to); terminate, then kill, if it lingers."""
-    proc.join(timeout)
-    if proc.is_alive():
-        proc.terminate()
-        proc.join(5)
-    if proc.is_alive():
-        proc.kill()
-        proc.join()
 
 
 def banner(cfg: ServerConfig, info: ModelInfo) -> str:
@@ -97,7 +48,8 @@ def banner(cfg: ServerConfig, info: ModelInfo) -> str:
 
 
 def run_server(cfg: ServerConfig) -> int:
-    """Serve until interrupted; return the exit status (1 when the model cannot be loaded)."""
+    """Serve until interrupted; return the exit status (1 when the model cannot be loaded,
+    or when the engine died with no restart left)."""
     import torch
     import uvicorn
 
@@ -116,26 +68,28 @@ def run_server(cfg: ServerConfig) -> int:
         print(f"radixlm: error: {e}", file=sys.stderr)
         return 1
     ipc_dir = Path(tempfile.mkdtemp(prefix="radixlm-"))
-    proc = None
+    supervisor = EngineSupervisor(cfg, ipc_dir)
     try:
-        proc, conn, in_addr, out_addr = spawn_engine(cfg, ipc_dir)
-        tokenizer = load_tokenizer(model_path)  # while the engine loads the model
-        try:
-            info = wait_ready(proc, conn)
-        except EngineStartError as e:
-            print(f"radixlm: error: {e}", file=sys.stderr)
-            return 1
-        state = ServerState(cfg, info, tokenizer, in_addr, out_addr, engine_proc=proc)
+        with ThreadPoolExecutor(1) as pool:
+            ready = pool.submit(supervisor.start)
+            tokenizer = load_tokenizer(model_path)  # while the engine loads the model
+            try:
+                info = ready.result()
+            except EngineStartError as e:
+                print(f"radixlm: error: {e}", file=sys.stderr)
+                return 1
+        state = ServerState(cfg, info, tokenizer, supervisor.in_addr, supervisor.out_addr,
+                            supervisor=supervisor)  # fmt: skip
         print(banner(cfg, info), file=sys.stderr, flush=True)
-        app = create_app(state)
-        uv = uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level=cfg.log_level)
-        uvicorn.Server(uv).run()
-        return 0
+        uv = uvicorn.Server(uvicorn.Config(create_app(state), host=cfg.host, port=cfg.port,
+                                           log_level=cfg.log_level))  # fmt: skip
+        state.request_stop = lambda: setattr(uv, "should_exit", True)
+        uv.run()
+        return supervisor.exit_code
     except KeyboardInterrupt:
         return 130
     finally:
-        if proc is not None:
-            stop_engine(proc)
+        supervisor.stop()
         shutil.rmtree(ipc_dir, ignore_errors=True)
 
 

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from radixlm.config import ServerConfig
 from radixlm.engine.client import EngineClient
 from radixlm.engine.messages import ModelInfo
 from radixlm.server.errors import ApiError
 from radixlm.server.metrics import ServerMetrics
+
+if TYPE_CHECKING:
+    from radixlm.server.supervisor import EngineSupervisor
 from radixlm.tokenizer import Tokenizer
 
 
@@ -24,13 +29,14 @@ class ServerState:
         tokenizer: Tokenizer,
         in_addr: str,
         out_addr: str,
-        engine_proc: Any = None,
+        supervisor: EngineSupervisor | None = None,
     ) -> None:
         self.cfg = cfg
         self.info = info
         self.tokenizer = tokenizer
         self.in_addr, self.out_addr = in_addr, out_addr
-        self.engine_proc = engine_proc
+        self.supervisor = supervisor  # None: an engine nobody watches (tests of the app)
+        self.request_stop: Callable[[], None] = lambda: None  # set by whoever runs the server
         self.client: EngineClient | None = None
         self.ready = False
         self.metrics = ServerMetrics(request_log=not cfg.disable_request_log)
@@ -49,7 +55,25 @@ class ServerState:
         return self.client
 
     def engine_alive(self) -> bool:
-        return self.engine_proc is None or self.engine_proc.is_alive()
+        return self.supervisor is None or self.supervisor.alive()
+
+    def connect(self, in_addr: str, out_addr: str) -> None:
+        """Talk to the engine at these addresses from now on (call on the event loop)."""
+        self.in_addr, self.out_addr = in_addr, out_addr
+        self.client = EngineClient(in_addr, out_addr, self.metrics.request_done)
+        self.client.start()
+        self.ready = True
+
+    async def fail_engine(self, message: str) -> int:
+        """The engine is gone: end what was in flight with a 503 and drop the client;
+        returns how many requests failed."""
+        client, self.client = self.client, None
+        if client is None:
+            return 0
+        failed = client.fail_all(f"the engine failed: {message}", 503)
+        await asyncio.sleep(0)  # let the requests' tasks see their errors
+        await client.close()
+        return failed
 
     def check_model(self, name: str | None) -> None:
         """Raise ApiError 404 unless `name` is this server's model (or its path, or unset)."""

@@ -13,12 +13,13 @@ per-request handles.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import itertools
 import logging
 import queue
 import threading
 from collections.abc import AsyncIterator, Iterator
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
 from radixlm.config import EngineConfig, build_engine_config
@@ -192,6 +193,9 @@ class Engine:
             self._handles[h.rid] = h
         for m in msgs:
             self._inbox.put(m)
+        if self._stopped:  # the loop stopped meanwhile, perhaps before it saw these handles
+            for h in handles:
+                h.push(RuntimeError("the engine is shut down"))
         return handles, single
 
     def _call(self, kind: str) -> Any:
@@ -205,6 +209,8 @@ class Engine:
         fut: Future = Future()
         self._calls[cid] = fut
         self._inbox.put(ControlMsg(cid, kind))
+        if self._stopped:  # as in _submit
+            _settle(fut, ReplyMsg(cid, error="the engine is shut down"))
         reply: ReplyMsg = fut.result()
         if reply.error is not None:
             raise RuntimeError(reply.error)
@@ -227,7 +233,7 @@ class Engine:
             if isinstance(m, ReplyMsg):
                 fut = self._calls.pop(m.cid, None)
                 if fut is not None:
-                    fut.set_result(m)
+                    _settle(fut, m)
                 continue
             handle = self._handles.get(m.rid)
             if handle is None:
@@ -248,4 +254,10 @@ class Engine:
                 h.push(stopped)
             self._handles.clear()
             for cid in list(self._calls):
-                self._calls.pop(cid).set_result(ReplyMsg(cid, error=str(stopped)))
+                _settle(self._calls.pop(cid), ReplyMsg(cid, error=str(stopped)))
+
+
+def _settle(fut: Future, reply: ReplyMsg) -> None:
+    """Give `fut` its reply unless it already has one (two threads may try)."""
+    with contextlib.suppress(InvalidStateError):
+        fut.set_result(reply)

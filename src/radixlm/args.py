@@ -63,6 +63,14 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
         "--disable-request-log", action="store_true", help="no log line per finished request"
     )
     g.add_argument("--max-n", type=int, default=16, help="the largest n one request may ask for")
+    g.add_argument("--max-prompts-per-request", type=int, default=256,
+                   help="prompts times n in one API call; more is a 400")  # fmt: skip
+    g.add_argument("--max-top-logprobs", type=int, default=20,
+                   help="the largest top_logprobs_num on /generate; more is a 400")  # fmt: skip
+    g.add_argument("--max-queued-requests", type=int, default=1024,
+                   help="requests waiting beyond the running ones; past it a 429")  # fmt: skip
+    g.add_argument("--default-max-tokens", type=int, default=2048,
+                   help="max_tokens of a chat request without one (within context)")  # fmt: skip
     g.add_argument(
         "--queue-timeout",
         type=float,
@@ -119,6 +127,10 @@ def server_config_from_args(ns: argparse.Namespace) -> ServerConfig:
             log_level=getattr(ns, "log_level", "info"),
             disable_request_log=ns.disable_request_log,
             max_n=ns.max_n,
+            max_prompts_per_request=ns.max_prompts_per_request,
+            max_top_logprobs=ns.max_top_logprobs,
+            max_queued_requests=ns.max_queued_requests,
+            default_max_tokens=ns.default_max_tokens,
             engine_restart=ns.engine_restart,
             max_engine_restarts=ns.max_engine_restarts,
             engine=build_engine_config(**engine),

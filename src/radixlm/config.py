@@ -325,6 +325,10 @@ class ServerConfig:
     log_level: str = "info"
     disable_request_log: bool = False
     max_n: int = 16  # the most samples (n) one request may ask for
+    max_prompts_per_request: int = 256  # prompts x n of one API call
+    max_top_logprobs: int = 20  # top_logprobs_num on /generate (OpenAI caps it at 20 too)
+    max_queued_requests: int = 1024  # waiting beyond the running ones; then 429
+    default_max_tokens: int = 2048  # a chat request without max_tokens (capped by the context)
     engine_restart: bool = True  # start a new engine when it dies (else the server exits)
     max_engine_restarts: int = 3  # then the server exits non-zero
     engine: EngineConfig = field(default_factory=EngineConfig)
@@ -332,7 +336,11 @@ class ServerConfig:
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
             raise ValueError("port: must be in 1..65535")
-        if self.max_n < 1:
-            raise ValueError("max_n: must be at least 1")
+        for name in ("max_n", "max_prompts_per_request", "default_max_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be at least 1")
+        for name in ("max_top_logprobs", "max_queued_requests"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}: must be >= 0")
         if self.max_engine_restarts < 0:
             raise ValueError("max_engine_restarts: must be >= 0")

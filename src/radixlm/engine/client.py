@@ -91,6 +91,8 @@ class EngineClient:
         stops early (client gone, task cancelled), the request is aborted.
         `on_done` sees every request that finishes, with its chunks' arrival times.
         """
+        if msg.rid in self.queues:
+            raise EngineRequestError(f"rid: {msg.rid!r} is already in flight")
         q: asyncio.Queue[ChunkMsg | ErrorMsg] = asyncio.Queue()
         self.queues[msg.rid] = q
         finished = False

@@ -90,11 +90,11 @@ class EngineLoop:
         if isinstance(msg, GenerateMsg):
             return self._add(msg)
         if isinstance(msg, AbortMsg):
-            live = self._live_rids()
-            if msg.rid is not None:  # the rid itself, or its n samples "rid-0", "rid-1", ...
-                live = [r for r in live if r == msg.rid or r.startswith(msg.rid + "-")]
-            for rid in live:
-                self.sched.abort(rid)
+            s = self.sched
+            live = [*s.waiting, *s.running, *([s.chunked] if s.chunked else [])]
+            for req in live:  # the rid itself, or every sample of a call with n > 1
+                if msg.rid is None or msg.rid in (req.rid, req.parent_rid):
+                    s.abort(req.rid)
             return []
         if isinstance(msg, ControlMsg):
             return self._control(msg)

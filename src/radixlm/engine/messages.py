@@ -28,6 +28,7 @@ class GenerateMsg:
     top_logprobs_num: int = 0
     return_text_in_logprobs: bool = False
     extra_key: str | None = None  # cache namespace: prefixes are shared only within one key
+    parent_rid: str | None = None  # with n > 1: the caller's rid, which aborts every sample
 
 
 @dataclass

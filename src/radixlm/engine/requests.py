@@ -75,6 +75,7 @@ def build_requests(
                     top_logprobs_num=options.top_logprobs_num,
                     return_text_in_logprobs=options.return_text_in_logprobs,
                     extra_key=options.cache_salt,
+                    parent_rid=None if p.n == 1 else base,
                 )
             )
     return msgs
@@ -103,4 +104,5 @@ def to_req(msg: GenerateMsg) -> Req:
         logprob_start_len=msg.logprob_start_len,
         top_logprobs_num=msg.top_logprobs_num,
         extra_key=msg.extra_key,
+        parent_rid=msg.parent_rid,
     )

@@ -72,6 +72,7 @@ class Req:
     input_ids: list[int]
     params: SamplingParams
     extra_key: str | None = None  # cache namespace (per-tenant salt)
+    parent_rid: str | None = None  # one of n samples: the rid of the call (aborts them all)
     return_logprob: bool = False
     logprob_start_len: int = -1  # prompt logprobs from this position (-1: none)
     top_logprobs_num: int = 0

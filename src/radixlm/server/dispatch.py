@@ -50,7 +50,29 @@ def plan(
         raise ApiError(400, f"{field}: {e.reason}", param=field) from None
     for ids, p in zip(prompts, params, strict=True):
         state.check_length(ids, p.max_new_tokens, prompt_param)
+    check_limits(state, msgs, prompt_param)
     return msgs
+
+
+def check_limits(state: ServerState, msgs: list[GenerateMsg], prompt_param: str) -> None:
+    """400 past the per-call limits or for a rid already in flight, 429 when the queue is full."""
+    cfg = state.cfg
+    if len(msgs) > cfg.max_prompts_per_request:
+        raise ApiError(400, f"{prompt_param}: {len(msgs)} prompts (times n) in one request, "
+                       f"more than {cfg.max_prompts_per_request} (see --max-prompts-per-request)",
+                       param=prompt_param)  # fmt: skip
+    top = max((m.top_logprobs_num for m in msgs), default=0)
+    if top > cfg.max_top_logprobs:
+        raise ApiError(400, f"top_logprobs_num: at most {cfg.max_top_logprobs} (got {top}; "
+                       "see --max-top-logprobs)", param="top_logprobs_num")  # fmt: skip
+    live = state.client.queues if state.client is not None else {}
+    rids = [m.rid for m in msgs]
+    if len(set(rids)) < len(rids) or any(r in live for r in rids):
+        raise ApiError(400, "rid: a request with this rid is already in flight", param="rid")
+    room = cfg.engine.scheduler.max_running_requests + cfg.max_queued_requests - len(live)
+    if len(msgs) > room:
+        raise ApiError(429, f"the server is busy: {len(live)} requests in flight (see "
+                       "--max-queued-requests); retry later", headers={"Retry-After": "1"})
 
 
 def engine_error(e: EngineRequestError) -> ApiError:

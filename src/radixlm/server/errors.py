@@ -16,7 +16,7 @@ from radixlm.sampling.params import SamplingParamsError
 log = logging.getLogger(__name__)
 
 TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-         413: "invalid_request_error", 500: "internal_error",
+         413: "invalid_request_error", 429: "rate_limit_error", 500: "internal_error",
          503: "service_unavailable"}  # fmt: skip
 
 
@@ -30,9 +30,11 @@ class ApiError(Exception):
         type: str | None = None,
         param: str | None = None,
         code: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
+        self.headers = headers
         self.type = type or TYPES.get(status, "invalid_request_error" if status < 500 else "error")
 
 
@@ -42,7 +44,8 @@ def error_body(message: str, type: str, param: str | None = None, code: Any = No
 
 
 def error_response(e: ApiError) -> JSONResponse:
-    return JSONResponse(error_body(e.message, e.type, e.param, e.code), status_code=e.status)
+    body = error_body(e.message, e.type, e.param, e.code)
+    return JSONResponse(body, status_code=e.status, headers=e.headers)
 
 
 def sampling_error(e: SamplingParamsError, names: dict[str, str] | None = None) -> ApiError:

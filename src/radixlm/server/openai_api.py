@@ -83,10 +83,12 @@ def _field_names(body: _OpenAISampling) -> dict[str, str]:
 
 
 def _max_tokens(state: ServerState, requested: int | None, prompts: list[list[int]]) -> int:
-    """`requested`, or by default all the room the longest prompt leaves."""
+    """`requested`, or by default --default-max-tokens within the room the longest prompt
+    leaves."""
     if requested is not None:
         return requested
-    return max(state.max_request_tokens - max(len(p) for p in prompts), 0)
+    room = max(state.max_request_tokens - max(len(p) for p in prompts), 0)
+    return min(state.cfg.default_max_tokens, room)
 
 
 @router.get("/v1/models")

@@ -90,11 +90,9 @@ class EngineLoop:
         if isinstance(msg, GenerateMsg):
             return self._add(msg)
         if isinstance(msg, AbortMsg):
-            s = self.sched
-            live = [*s.waiting, *s.running, *([s.chunked] if s.chunked else [])]
-            for req in live:  # the rid itself, or every sample of a call with n > 1
+            for req in self.sched.in_flight():  # the rid, or every sample of a call with n > 1
                 if msg.rid is None or msg.rid in (req.rid, req.parent_rid):
-                    s.abort(req.rid)
+                    self.sched.abort(req.rid)
             return []
         if isinstance(msg, ControlMsg):
             return self._control(msg)
@@ -113,8 +111,8 @@ class EngineLoop:
         try:
             if msg.kind == "shutdown":
                 self.stopping = True
-                for rid in self._live_rids():
-                    self.sched.abort(rid)
+                for req in self.sched.in_flight():
+                    self.sched.abort(req.rid)
                 return []
             if msg.kind == "get_stats":
                 stats = self.sched.stats_snapshot()
@@ -140,10 +138,6 @@ class EngineLoop:
                 message = f"queue timeout: waited more than {self.queue_timeout:g} s"
                 req.finish(FinishReason("abort", message=message))  # abort keeps this reason
                 self.sched.abort(req.rid)
-
-    def _live_rids(self) -> list[str]:
-        s = self.sched
-        return [r.rid for r in [*s.waiting, *s.running, *([s.chunked] if s.chunked else [])]]
 
     # -- messages out -------------------------------------------------------------
 

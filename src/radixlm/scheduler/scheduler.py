@@ -99,12 +99,20 @@ class Scheduler:
                 req.state = ReqState.FINISHED
                 self._pending.append(StepOutput(req, [], self.finisher.finish_text(req), True))
                 return True
-        for req in [*self.running, *([self.chunked] if self.chunked else [])]:
+        for req in self.admitted():
             if req.rid == rid:
                 req.finish(reason)
                 self._retire(req, [], "")
                 return True
         return False
+
+    def admitted(self) -> list[Req]:
+        """The requests holding K/V slots: the running ones and the chunked prefill."""
+        return [*self.running, *([self.chunked] if self.chunked else [])]
+
+    def in_flight(self) -> list[Req]:
+        """Every request not yet finished: queued, running, or mid chunked prefill."""
+        return [*self.waiting, *self.admitted()]
 
     def has_work(self) -> bool:
         return bool(self.waiting or self.running or self.chunked or self._pending)
@@ -340,13 +348,11 @@ class Scheduler:
 
     def stats_snapshot(self) -> dict[str, Any]:
         """Cache hit rate (in prompt tokens), token counts, KV usage, running and waiting counts."""
-        live = len(self.running) + (1 if self.chunked else 0)
-        return snapshot(self.stats, self.kv, live, len(self.waiting))
+        return snapshot(self.stats, self.kv, len(self.admitted()), len(self.waiting))
 
     def check_integrity(self) -> None:
         """Raise IntegrityError unless free + cached + held by running requests == total."""
-        live = [*self.running, *([self.chunked] if self.chunked else [])]
-        self.kv.cache.check_integrity(self.kv.owned_slots(live))
+        self.kv.cache.check_integrity(self.kv.owned_slots(self.admitted()))
 
 
 class SchedulerBroken(RuntimeError):

@@ -81,22 +81,21 @@ class EngineSupervisor:
             log.error("the engine process died (exit code %s); %d requests in flight failed",
                       code, failed)  # fmt: skip
             if self.restarts >= self.max_restarts:
-                log.error("no engine restart left (%d allowed); the server stops",
-                          self.max_restarts)  # fmt: skip
-                self.exit_code = 1
-                stop_server()
-                return
+                why = f"no engine restart left ({self.max_restarts} allowed)"
+                return self._give_up(why, stop_server)
             self.restarts += 1
             log.warning("restarting the engine (%d of %d)", self.restarts, self.max_restarts)
             try:
                 state.info = await asyncio.to_thread(self.start)
             except EngineStartError as e:
-                log.error("the engine did not restart (%s); the server stops", e)
-                self.exit_code = 1
-                stop_server()
-                return
+                return self._give_up(f"the engine did not restart ({e})", stop_server)
             state.connect(self.in_addr, self.out_addr)
             log.warning("the engine is back (pid %d)", state.info.pid)
+
+    def _give_up(self, why: str, stop_server: Callable[[], None]) -> None:
+        log.error("%s; the server stops", why)
+        self.exit_code = 1
+        stop_server()
 
     def stop(self, timeout: float = 3.0) -> None:
         """Wait for the engine to exit (it was told to); terminate, then kill, if it lingers."""

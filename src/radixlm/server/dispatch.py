@@ -30,18 +30,18 @@ def plan(
     prompts: list[list[int]],
     sampling: list[dict[str, Any]],
     rids: list[str | None],
-    lp: RequestOptions,
+    options: RequestOptions,
     prompt_param: str,
     names: dict[str, str] | None = None,
 ) -> list[GenerateMsg]:
     """The engine requests of an API call (`engine.requests.build_requests`, n expanded).
 
     Raises ApiError 400 naming the bad field (`names` maps sampling fields to the API's
-    names), or the prompt field `prompt_param` when a prompt cannot fit.
+    names; `prompt_param` names the prompt when one cannot fit), or 429 (`check_limits`).
     """
     try:
         params = [SamplingParams.from_dict(sp) for sp in sampling]
-        msgs = build_requests(prompts, params, rids, lp, state.info.vocab_size,
+        msgs = build_requests(prompts, params, rids, options, state.info.vocab_size,
                               max_n=state.cfg.max_n)  # fmt: skip
     except SamplingParamsError as e:
         raise sampling_error(e, names) from None

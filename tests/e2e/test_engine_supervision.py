@@ -46,9 +46,10 @@ def in_flight(url: str) -> dict[str, threading.Thread]:
     """Six requests (native, OpenAI, chat; plain and streamed), each in its thread;
     what each ended with lands in the returned dict under "results"."""
     results: dict[str, object] = {}
-    chat = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 400}
+    # ignore_eos everywhere: a request the random model ends early would not be in flight.
+    chat = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 400, "ignore_eos": True}
     native = {"text": "a", "sampling_params": LONG}
-    completion = {"prompt": "b", "max_tokens": 400}
+    completion = {"prompt": "b", "max_tokens": 400, "ignore_eos": True}
     posts = {"native": ("/generate", native), "completion": ("/v1/completions", completion),
              "chat": ("/v1/chat/completions", chat)}  # fmt: skip
     calls = {name: lambda p=path, b=body: httpx.post(f"{url}{p}", json=b, timeout=30)

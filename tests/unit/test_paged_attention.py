@@ -37,19 +37,23 @@ def scenario(prefix_lens, extend_lens, num_heads, num_kv_heads, seed=0):
     return pool, seqs
 
 
-def run_paged(pool, seqs, prefix_lens, extend_lens, scale):
+def run_paged(pool, seqs, prefix_lens, extend_lens, scale, native=False):
     out_loc = torch.cat([s[p:] for (s, *_), p in zip(seqs, prefix_lens, strict=True)])
-    ctx = PagedContext(pool, [s for s, *_ in seqs], prefix_lens, extend_lens, out_loc, check=True)
+    ctx = PagedContext(pool, [s for s, *_ in seqs], prefix_lens, extend_lens, out_loc,
+                       check=True, native=native)  # fmt: skip
     q = torch.cat([q for *_, q in seqs])
     k = torch.cat([k[p:] for (_, k, _, _), p in zip(seqs, prefix_lens, strict=True)])
     v = torch.cat([v[p:] for (_, _, v, _), p in zip(seqs, prefix_lens, strict=True)])
     return ctx, ctx.attend(0, q, k, v, scale)
 
 
-def assert_matches_reference(prefix_lens, extend_lens, num_heads=4, num_kv_heads=2, seed=0):
+def assert_matches_reference(
+    prefix_lens, extend_lens, num_heads=4, num_kv_heads=2, seed=0, native=False
+):
+    """Run the batch (the plain-torch path unless `native`); assert it matches per sequence."""
     pool, seqs = scenario(prefix_lens, extend_lens, num_heads, num_kv_heads, seed)
     scale = D**-0.5
-    ctx, out = run_paged(pool, seqs, prefix_lens, extend_lens, scale)
+    ctx, out = run_paged(pool, seqs, prefix_lens, extend_lens, scale, native)
     assert out.shape == (sum(extend_lens), num_heads, D)
     at = 0
     for (_, k, v, q), p, e in zip(seqs, prefix_lens, extend_lens, strict=True):
@@ -139,3 +143,10 @@ def test_plan_groups():
     assert plan_groups([500, 1], [500, 20000]) == [[0], [1]]
     groups = plan_groups([1] * 6, [10, 9000, 11, 12, 9000, 13])
     assert sorted(i for g in groups for i in g) == list(range(6))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_batched_decode_native_kernel(seed):
+    gen = torch.Generator().manual_seed(seed)
+    prefix = torch.randint(0, 300, (9,), generator=gen).tolist()
+    assert_matches_reference(prefix, [1] * 9, num_heads=9, num_kv_heads=3, seed=seed, native=True)

@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, event, given, settings
 
 from radixlm.attention import cascade
 from radixlm.attention.cascade import SharedPrefix, attention_lse, find_shared_prefixes
+from radixlm.attention.native import kernels
 from radixlm.attention.paged import PagedContext
 from radixlm.kvcache.pool import KVPool, PoolShape
 
@@ -25,7 +26,7 @@ D = 16
 TOL = 1e-5
 
 
-def run_case(groups, num_heads=6, num_kv_heads=2, seed=0):
+def run_case(groups, num_heads=6, num_kv_heads=2, seed=0, native=False):
     """Build and check one batch; returns the context.
 
     groups: list of (shared_len, members); a member is (used, own_cached, extend): it
@@ -69,7 +70,8 @@ def run_case(groups, num_heads=6, num_kv_heads=2, seed=0):
     prefix = [p for *_, p in seqs]
     extend = [q.shape[0] for *_, q, _ in seqs]
     out_loc = torch.cat([s[p:] for s, *_, p in seqs])
-    ctx = PagedContext(pool, [s for s, *_ in seqs], prefix, extend, out_loc, check=True)
+    ctx = PagedContext(pool, [s for s, *_ in seqs], prefix, extend, out_loc, check=True,
+                       native=native)  # fmt: skip
     q = torch.cat([q for *_, q, _ in seqs])
     k_new = torch.cat([k[p:] for _, k, _, _, p in seqs])
     v_new = torch.cat([v[p:] for _, _, v, _, p in seqs])
@@ -92,20 +94,24 @@ def shared_summary(ctx):
 
 @pytest.mark.parametrize(("num_heads", "num_kv_heads"), [(4, 4), (6, 2), (9, 3)])
 @pytest.mark.parametrize("seed", range(2))
-def test_decode_groups_with_unrelated_sequences(num_heads, num_kv_heads, seed):
+@pytest.mark.parametrize("native", [False, True])
+def test_decode_groups_with_unrelated_sequences(num_heads, num_kv_heads, seed, native):
     groups = [
         (300, [(300, o, 1) for o in (0, 5, 17, 30)]),
         (200, [(200, o, 1) for o in (3, 3, 40, 0)]),
         (0, [(0, o, 1) for o in (0, 90, 250)]),
     ]
-    ctx = run_case(groups, num_heads, num_kv_heads, seed)
+    ctx = run_case(groups, num_heads, num_kv_heads, seed, native)
     assert shared_summary(ctx) == [(4, 200), (4, 300)]
+    # The compiled kernel (when it builds here) reads own keys in place: no padded groups.
+    assert (ctx.metadata.decode is not None) == (native and kernels() is not None)
 
 
 @pytest.mark.parametrize("shared_len", [64, 65, 127, 513, 1030])
-def test_decode_shared_lengths(shared_len):
+@pytest.mark.parametrize("native", [False, True])
+def test_decode_shared_lengths(shared_len, native):
     owns = (0, 1, 7, 2, 60, 11, 4, 9, 0, 3)
-    ctx = run_case([(shared_len, [(shared_len, o, 1) for o in owns])])
+    ctx = run_case([(shared_len, [(shared_len, o, 1) for o in owns])], native=native)
     assert shared_summary(ctx) == [(10, shared_len)]
 
 

@@ -48,6 +48,7 @@ from radixlm.attention.cascade import (
     split_shared,
 )
 from radixlm.attention.groups import AttentionGroup, build_group, plan_groups
+from radixlm.attention.native import kernels
 from radixlm.attention.workspace import workspace_for
 from radixlm.kvcache.pool import KVPool
 
@@ -65,6 +66,10 @@ class PagedAttentionMetadata:
                 own keys [shared_len, seq_len) only.
     shared:     groups of sequences whose leading cached slots are attended once per group,
     shared_batches: their shared runs, batched into padded calls.
+    decode:     for a batch of one new token per sequence on the CPU with the native kernel:
+                ([B + 1] indptr, [n] pool slots) of each sequence's own keys (all its slots,
+                or those after its shared run), read in place by `paged_decode`; then
+                `groups` is empty. None otherwise.
     """
 
     prefix_lens: tuple[int, ...]
@@ -79,6 +84,7 @@ class PagedAttentionMetadata:
     groups: tuple[AttentionGroup, ...]
     shared: tuple[SharedPrefix, ...] = ()
     shared_batches: tuple[SharedBatch, ...] = ()
+    decode: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @property
     def seq_lens(self) -> tuple[int, ...]:
@@ -99,6 +105,7 @@ class PagedAttentionMetadata:
         device: torch.device,
         check: bool = False,
         cascade: bool = True,
+        native: bool = True,
     ) -> PagedAttentionMetadata:
         """Validate the batch description and precompute every index tensor and mask.
 
@@ -106,7 +113,8 @@ class PagedAttentionMetadata:
         segment of `out_cache_loc` (this reads the tensors: a device sync on CUDA).
         With `cascade`, attend runs of leading slots shared by several sequences
         once per group (see `attention.cascade`; detecting them reads the slot
-        tensors: a device sync on CUDA).
+        tensors: a device sync on CUDA). With `native`, a decode batch on the CPU
+        reads its keys in place with the compiled kernel when it is available.
         """
         prefix, extend = tuple(map(int, prefix_lens)), tuple(map(int, extend_lens))
         slots = [s.to(device=device, dtype=torch.int64).reshape(-1) for s in seq_slots]
@@ -126,7 +134,14 @@ class PagedAttentionMetadata:
         for e in extend:
             starts_list.append(starts_list[-1] + e)
         found = find_shared_prefixes(slots, prefix) if cascade else []
-        groups = _plan(slots, prefix, extend, starts_list, found, num_kv_heads, device)
+        decode = None
+        if native and device.type == "cpu" and set(extend) == {1} and kernels() is not None:
+            own = split_shared(slots, prefix, found)[0]
+            lens = torch.tensor([len(o) for o in own], **dev)
+            decode = (F.pad(torch.cumsum(lens, 0), (1, 0)), torch.cat(own))
+            groups: tuple[AttentionGroup, ...] = ()
+        else:
+            groups = _plan(slots, prefix, extend, starts_list, found, num_kv_heads, device)
         # shared runs of similar length share one padded call
         batches = plan_shared_batches([g.shared_len for g in found])
         shared_batches = tuple(
@@ -146,6 +161,7 @@ class PagedAttentionMetadata:
             groups=groups,
             shared=tuple(found),
             shared_batches=shared_batches,
+            decode=decode,
         )
 
 
@@ -220,12 +236,13 @@ class PagedContext(AttentionContext):
         out_cache_loc: torch.Tensor,
         check: bool = False,
         cascade: bool = True,
+        native: bool = True,
     ) -> None:
         self.pool = pool
         self.workspace = workspace_for(pool)
         self.metadata = PagedAttentionMetadata.build(
             seq_slots, prefix_lens, extend_lens, out_cache_loc,
-            pool.shape.num_kv_heads, pool.device, check, cascade,
+            pool.shape.num_kv_heads, pool.device, check, cascade, native,
         )  # fmt: skip
 
     @property
@@ -245,6 +262,9 @@ class PagedContext(AttentionContext):
         k_buf, v_buf = self.pool.get_kv(layer_id)
         d = k_buf.shape[-1]
         k_rows, v_rows = k_buf.view(-1, d), v_buf.view(-1, d)  # [slots * Hkv, D]
+        if meta.decode is not None:  # keys read in place; [T, H, D] and [T, H] LSE
+            out, lse = kernels().paged_decode(q, k_buf, v_buf, *meta.decode, scale)
+            return self._merge_shared(out, lse, q, k_rows, v_rows, scale)
         if len(meta.groups) == 1 and meta.groups[0].out_index is None:
             return self._attend_group(meta.groups[0], q, k_rows, v_rows, scale)
         out = q.new_empty(q.shape)
@@ -262,7 +282,19 @@ class PagedContext(AttentionContext):
             else:
                 o = self._attend_group(g, q, k_rows, v_rows, scale)  # [b * Qmax, H, D]
             out.index_copy_(0, g.t_index, o.index_select(0, g.out_index))
-        for sb in meta.shared_batches:  # merge in the shared runs' part
+        return self._merge_shared(out, lse, q, k_rows, v_rows, scale)
+
+    def _merge_shared(
+        self,
+        out: torch.Tensor,
+        lse: torch.Tensor | None,
+        q: torch.Tensor,
+        k_rows: torch.Tensor,
+        v_rows: torch.Tensor,
+        scale: float,
+    ) -> torch.Tensor:
+        """Merge the shared runs' attention into `out` ([T, H, D], own keys done); returns it."""
+        for sb in self.metadata.shared_batches:
             assert lse is not None
             k_buf, v_buf = self._gather(sb.kv_index, k_rows, v_rows)
             shape = (sb.batch, sb.q_len, sb.kv_len)

@@ -1,0 +1,72 @@
+"""CPU kernels written for radixlm, compiled on first use and cached.
+
+`kernels()` returns the compiled extension module, or None when it cannot be
+built here (no C++ compiler, a non-CPU build, or `RADIXLM_NATIVE=0`); callers
+then take their plain-torch path. The build (about a minute on two cores) is
+cached under `$RADIXLM_CACHE_DIR` (default `~/.cache/radixlm`), keyed by the
+source, the torch version and the CPU, so later processes load it in a
+fraction of a second. Concurrent first builds wait on one another.
+
+Functions of the module (see each .cpp file's header for shapes):
+- `paged_decode(q, k_cache, v_cache, kv_indptr, kv_indices, scale) -> [out, lse]`
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+import platform
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+log = logging.getLogger(__name__)
+
+_SOURCES = ("paged_decode.cpp",)
+_FLAGS = ["-O3", "-march=native", "-fopenmp", "-ffast-math", "-fno-finite-math-only"]
+
+
+def _cpu_signature() -> str:
+    """The CPU's model name and flags: a build with -march=native is valid only on them."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    lines = [ln for ln in text.splitlines() if ln.startswith(("model name", "flags"))]
+    return "\n".join(sorted(set(lines)))
+
+
+def _build_dir(key: str) -> Path:
+    root = Path(os.environ.get("RADIXLM_CACHE_DIR", Path.home() / ".cache" / "radixlm"))
+    path = root / "kernels" / key
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@functools.cache
+def kernels() -> ModuleType | None:
+    """The compiled kernel module, or None (logged once) when it cannot be built or is off."""
+    if os.environ.get("RADIXLM_NATIVE", "1") == "0":
+        return None
+    here = Path(__file__).parent
+    sources = [here / name for name in _SOURCES]
+    digest = hashlib.sha256()
+    for part in [*(p.read_bytes() for p in sources), torch.__version__.encode(),
+                 _cpu_signature().encode(), " ".join(_FLAGS).encode()]:  # fmt: skip
+        digest.update(part)
+    key = digest.hexdigest()[:16]
+    try:
+        from torch.utils.cpp_extension import load
+
+        module = load(
+            name=f"radixlm_native_{key}", sources=[str(p) for p in sources],
+            extra_cflags=_FLAGS, extra_ldflags=["-fopenmp"],
+            build_directory=str(_build_dir(key)), verbose=False,
+        )  # fmt: skip
+    except Exception as e:  # any build failure means: use the torch path
+        log.warning("native CPU kernels unavailable (%s); using plain torch attention", e)
+        return None
+    return module

@@ -1,0 +1,268 @@
+// Paged decode attention on the CPU: one new query per sequence, keys read in place.
+//
+// Sequence b attends to the pool rows kv_indices[kv_indptr[b] .. kv_indptr[b+1]) of
+// one layer's K and V ([num_slots, Hkv, D]); nothing is gathered into a copy.
+// Work is split into (sequence, kv head, chunk of CHUNK keys) items run in
+// parallel; each item computes, for the G = H / Hkv query heads of its kv head,
+// the chunk's max score, exp-sum and exp-weighted V sum (float32), and a merge
+// pass combines the chunks of each (sequence, head) exactly by log-sum-exp.
+//
+// Inputs: q [B, H, D]; k_cache, v_cache [S, Hkv, D] (q's dtype: float32 or bfloat16);
+// kv_indptr [B + 1] int64; kv_indices [N] int64. Every sequence has >= 1 key.
+// Returns out [B, H, D] in q's dtype and lse [B, H] float32 (natural log).
+
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+namespace {
+
+constexpr int64_t CHUNK = 256;
+constexpr int64_t MAX_D = 256;
+
+inline float to_float(float x) { return x; }
+inline float to_float(c10::BFloat16 x) { return static_cast<float>(x); }
+
+#if defined(__AVX512F__)
+// 16 values at p as float32 lanes.
+inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+inline __m512 load16(const c10::BFloat16* p) {
+  const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+}
+
+// exp(x) for 16 lanes: 2^n * e^f with n = round(x / ln 2), |f| <= ln2 / 2, e^f by a
+// degree-6 Taylor polynomial (relative error ~2e-7); scalef handles under/overflow.
+inline __m512 exp16(__m512 x) {
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504089f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 f = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
+  f = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187e-06f), f);
+  __m512 p = _mm512_set1_ps(1.f / 720);
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.f / 120));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.f / 24));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.f / 6));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.f));
+  return _mm512_scalef_ps(p, n);
+}
+#endif
+
+// exp(x - m) of n scores in place; returns their sum.
+inline float exp_sum(float* x, int64_t n, float m) {
+  float l = 0.f;
+  int64_t t = 0;
+#if defined(__AVX512F__)
+  __m512 sum = _mm512_setzero_ps();
+  const __m512 mv = _mm512_set1_ps(m);
+  for (; t + 16 <= n; t += 16) {
+    const __m512 e = exp16(_mm512_sub_ps(_mm512_loadu_ps(x + t), mv));
+    _mm512_storeu_ps(x + t, e);
+    sum = _mm512_add_ps(sum, e);
+  }
+  l = _mm512_reduce_add_ps(sum);
+#endif
+  for (; t < n; ++t) {
+    x[t] = std::exp(x[t] - m);
+    l += x[t];
+  }
+  return l;
+}
+
+#if defined(__AVX512F__)
+// acc[h] (h < HB) += sum_t p[h * n + t] * v_row(t), for D = 16 * NV, accumulators in registers.
+template <typename T, int NV, int HB>
+void weighted_sum(const T* v, const int64_t* idx, int64_t n, int64_t row_stride,
+                  const float* p, float* acc, int64_t d) {
+  __m512 a[HB][NV];
+  for (int h = 0; h < HB; ++h)
+    for (int j = 0; j < NV; ++j) a[h][j] = _mm512_setzero_ps();
+  for (int64_t t = 0; t < n; ++t) {
+    const T* vr = v + idx[t] * row_stride;
+    __m512 x[NV];
+    for (int j = 0; j < NV; ++j) x[j] = load16(vr + 16 * j);
+    for (int h = 0; h < HB; ++h) {
+      const __m512 w = _mm512_set1_ps(p[h * n + t]);
+      for (int j = 0; j < NV; ++j) a[h][j] = _mm512_fmadd_ps(w, x[j], a[h][j]);
+    }
+  }
+  for (int h = 0; h < HB; ++h)
+    for (int j = 0; j < NV; ++j) _mm512_storeu_ps(acc + h * d + 16 * j, a[h][j]);
+}
+
+template <typename T, int NV>
+void weighted_sum_heads(const T* v, const int64_t* idx, int64_t n, int64_t row_stride,
+                        const float* p, float* acc, int64_t g, int64_t d) {
+  for (int64_t h = 0; h < g; h += 4) {
+    const float* ph = p + h * n;
+    float* ah = acc + h * d;
+    switch (std::min<int64_t>(4, g - h)) {
+      case 4: weighted_sum<T, NV, 4>(v, idx, n, row_stride, ph, ah, d); break;
+      case 3: weighted_sum<T, NV, 3>(v, idx, n, row_stride, ph, ah, d); break;
+      case 2: weighted_sum<T, NV, 2>(v, idx, n, row_stride, ph, ah, d); break;
+      default: weighted_sum<T, NV, 1>(v, idx, n, row_stride, ph, ah, d); break;
+    }
+  }
+}
+#endif
+
+// One (sequence, kv head, chunk): partial max, sum and accumulators for G heads.
+// q: [G, D] scaled queries (float32); idx: the chunk's n pool rows; scores: [G * n] scratch.
+template <typename T>
+void attend_chunk(const float* q, const T* k, const T* v, const int64_t* idx, int64_t n,
+                  int64_t row_stride, int64_t head_off, int64_t g, int64_t d, float* scores,
+                  float* m_out, float* l_out, float* acc) {
+#if defined(__AVX512F__)
+  const bool vec = d % 16 == 0;
+#else
+  const bool vec = false;
+#endif
+  for (int64_t t = 0; t < n; ++t) {
+    const T* kr = k + idx[t] * row_stride + head_off;
+    for (int64_t h = 0; h < g; ++h) {
+      const float* qh = q + h * d;
+      float s = 0.f;
+      if (vec) {
+#if defined(__AVX512F__)
+        __m512 sum = _mm512_setzero_ps();
+        for (int64_t i = 0; i < d; i += 16) sum = _mm512_fmadd_ps(load16(kr + i), load16(qh + i), sum);
+        s = _mm512_reduce_add_ps(sum);
+#endif
+      } else {
+        for (int64_t i = 0; i < d; ++i) s += qh[i] * to_float(kr[i]);
+      }
+      scores[h * n + t] = s;
+    }
+  }
+  for (int64_t h = 0; h < g; ++h) {
+    float* sh = scores + h * n;
+    float m = -std::numeric_limits<float>::infinity();
+    for (int64_t t = 0; t < n; ++t) m = std::max(m, sh[t]);
+    m_out[h] = m;
+    l_out[h] = exp_sum(sh, n, m);
+    std::fill(acc + h * d, acc + (h + 1) * d, 0.f);
+  }
+#if defined(__AVX512F__)
+  if (d == 64) return weighted_sum_heads<T, 4>(v + head_off, idx, n, row_stride, scores, acc, g, d);
+  if (d == 128) return weighted_sum_heads<T, 8>(v + head_off, idx, n, row_stride, scores, acc, g, d);
+#endif
+  for (int64_t t = 0; t < n; ++t) {
+    const T* vr = v + idx[t] * row_stride + head_off;
+    for (int64_t h = 0; h < g; ++h) {
+      const float p = scores[h * n + t];
+      for (int64_t i = 0; i < d; ++i) acc[h * d + i] += p * to_float(vr[i]);
+    }
+  }
+}
+
+template <typename T>
+void run(const torch::Tensor& q, const torch::Tensor& k_cache, const torch::Tensor& v_cache,
+         const torch::Tensor& kv_indptr, const torch::Tensor& kv_indices, double scale,
+         torch::Tensor& out, torch::Tensor& lse) {
+  const int64_t b = q.size(0), h = q.size(1), d = q.size(2), hkv = k_cache.size(1);
+  const int64_t g = h / hkv;
+  const int64_t* indptr = kv_indptr.data_ptr<int64_t>();
+  const int64_t* indices = kv_indices.data_ptr<int64_t>();
+  // Work items: (sequence, chunk) pairs, times kv heads.
+  std::vector<int64_t> item_seq, item_start;
+  std::vector<int64_t> first_item(b + 1);
+  for (int64_t s = 0; s < b; ++s) {
+    first_item[s] = static_cast<int64_t>(item_seq.size());
+    for (int64_t t = indptr[s]; t < indptr[s + 1]; t += CHUNK) {
+      item_seq.push_back(s);
+      item_start.push_back(t);
+    }
+  }
+  const int64_t chunks = static_cast<int64_t>(item_seq.size());
+  first_item[b] = chunks;
+  // Partials per (chunk, kv head): G maxima, G sums, G * D accumulators.
+  auto part_m = torch::empty({chunks, hkv, g}, torch::kFloat32);
+  auto part_l = torch::empty({chunks, hkv, g}, torch::kFloat32);
+  auto part_acc = torch::empty({chunks, hkv, g, d}, torch::kFloat32);
+  auto qf = (q.to(torch::kFloat32) * scale).contiguous();
+  const float* qp = qf.data_ptr<float>();
+  const T* kp = k_cache.data_ptr<T>();
+  const T* vp = v_cache.data_ptr<T>();
+  float* pm = part_m.data_ptr<float>();
+  float* pl = part_l.data_ptr<float>();
+  float* pa = part_acc.data_ptr<float>();
+  const int64_t row_stride = hkv * d;
+  at::parallel_for(0, chunks * hkv, 1, [&](int64_t lo, int64_t hi) {
+    std::vector<float> scores(static_cast<size_t>(g * CHUNK));
+    for (int64_t w = lo; w < hi; ++w) {
+      const int64_t c = w / hkv, kh = w % hkv, s = item_seq[c];
+      const int64_t start = item_start[c];
+      const int64_t n = std::min(CHUNK, indptr[s + 1] - start);
+      attend_chunk<T>(qp + (s * h + kh * g) * d, kp, vp, indices + start, n, row_stride,
+                      kh * d, g, d, scores.data(), pm + w * g, pl + w * g, pa + w * g * d);
+    }
+  });
+  T* op = out.data_ptr<T>();
+  float* lp = lse.data_ptr<float>();
+  at::parallel_for(0, b * h, 16, [&](int64_t lo, int64_t hi) {
+    std::vector<float> acc(static_cast<size_t>(d));
+    for (int64_t w = lo; w < hi; ++w) {
+      const int64_t s = w / h, head = w % h, kh = head / g, gh = head % g;
+      float m = -std::numeric_limits<float>::infinity();
+      for (int64_t c = first_item[s]; c < first_item[s + 1]; ++c)
+        m = std::max(m, pm[(c * hkv + kh) * g + gh]);
+      float l = 0.f;
+      std::fill(acc.begin(), acc.end(), 0.f);
+      for (int64_t c = first_item[s]; c < first_item[s + 1]; ++c) {
+        const int64_t p = (c * hkv + kh) * g + gh;
+        const float f = std::exp(pm[p] - m);
+        l += f * pl[p];
+        const float* a = pa + p * d;
+#pragma omp simd
+        for (int64_t i = 0; i < d; ++i) acc[i] += f * a[i];
+      }
+      const float inv = 1.f / l;
+      for (int64_t i = 0; i < d; ++i) op[w * d + i] = static_cast<T>(acc[i] * inv);
+      lp[w] = m + std::log(l);
+    }
+  });
+}
+
+}  // namespace
+
+std::vector<torch::Tensor> paged_decode(torch::Tensor q, torch::Tensor k_cache,
+                                        torch::Tensor v_cache, torch::Tensor kv_indptr,
+                                        torch::Tensor kv_indices, double scale) {
+  TORCH_CHECK(q.dim() == 3 && k_cache.dim() == 3 && v_cache.dim() == 3, "bad ranks");
+  TORCH_CHECK(q.scalar_type() == k_cache.scalar_type() &&
+                  k_cache.scalar_type() == v_cache.scalar_type(),
+              "q, k_cache and v_cache need one dtype");
+  TORCH_CHECK(k_cache.is_contiguous() && v_cache.is_contiguous(), "caches must be contiguous");
+  TORCH_CHECK(q.size(2) == k_cache.size(2) && q.size(2) <= MAX_D, "head_dim mismatch");
+  TORCH_CHECK(q.size(1) % k_cache.size(1) == 0, "query heads must be a multiple of kv heads");
+  TORCH_CHECK(kv_indptr.scalar_type() == torch::kInt64 &&
+                  kv_indices.scalar_type() == torch::kInt64,
+              "indices must be int64");
+  TORCH_CHECK(kv_indptr.numel() == q.size(0) + 1, "kv_indptr needs B + 1 entries");
+  auto qc = q.contiguous();
+  auto indptr = kv_indptr.contiguous();
+  auto indices = kv_indices.contiguous();
+  auto out = torch::empty_like(qc);
+  auto lse = torch::empty({q.size(0), q.size(1)}, torch::kFloat32);
+  if (q.scalar_type() == torch::kFloat32) {
+    run<float>(qc, k_cache, v_cache, indptr, indices, scale, out, lse);
+  } else if (q.scalar_type() == torch::kBFloat16) {
+    run<c10::BFloat16>(qc, k_cache, v_cache, indptr, indices, scale, out, lse);
+  } else {
+    TORCH_CHECK(false, "paged_decode supports float32 and bfloat16");
+  }
+  return {out, lse};
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("paged_decode", &paged_decode, "paged decode attention (CPU)");
+}

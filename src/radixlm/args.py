@@ -29,7 +29,15 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         "--dtype",
         default="auto",
         choices=["auto", "float32", "bfloat16", "float16"],
-        help="weights and KV dtype (auto: float32 on CPU, bfloat16 on CUDA)",
+        help="compute and KV dtype (auto: bfloat16 on CUDA and on CPUs with native bf16, "
+        "else float32; float32 is the exact mode)",
+    )
+    g.add_argument(
+        "--quantization",
+        default="auto",
+        choices=["auto", "none", "int8", "int4"],
+        help="weight-only quantization (auto: a GGUF file runs in its own precision, "
+        "Q8_0 as int8 and Q4_x as int4, when the compute dtype is bfloat16; none: dense)",
     )
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (auto: cuda if present)")
 
@@ -110,7 +118,8 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
 
 def server_config_from_args(ns: argparse.Namespace) -> ServerConfig:
     """Validate parsed server flags into a ServerConfig; raises ValueError naming the flag."""
-    engine: dict[str, Any] = {"model": ns.model, "dtype": ns.dtype, "device": ns.device}
+    engine: dict[str, Any] = {"model": ns.model, "dtype": ns.dtype, "device": ns.device,
+                              "quantization": ns.quantization}  # fmt: skip
     for name in ("schedule_policy", "disable_radix_cache", "grammar_backend",
                  "disable_jump_forward", "queue_timeout"):  # fmt: skip
         engine[name] = getattr(ns, name)
@@ -244,5 +253,6 @@ def chat_config_from_args(ns: argparse.Namespace) -> ChatConfig:
             top_p=ns.top_p,
             seed=ns.seed,
         )
-    load = LoadConfig(model=ns.model, dtype=ns.dtype, device=ns.device)
+    load = LoadConfig(model=ns.model, dtype=ns.dtype, device=ns.device,
+                      quantization=ns.quantization)  # fmt: skip
     return ChatConfig(load=load, params=params, prompt=ns.prompt, system=ns.system, raw=ns.raw)

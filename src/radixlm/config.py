@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from radixlm.cpu import native_bf16_flag
 from radixlm.sampling.params import SamplingParams
 
 SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2")
@@ -173,9 +174,16 @@ class LoadConfig:
     """How to load a model: where from, in which dtype, onto which device."""
 
     model: str = "smollm2-135m-instruct"
-    dtype: str = "auto"  # "auto" = float32 on CPU, bfloat16 on CUDA
+    dtype: str = "auto"  # see `dtype_choice`
     device: str = "auto"  # "auto" = cuda when available, else cpu
     tokenizer: str | None = None  # a HF directory; default: the model's own
+    quantization: str = "auto"  # auto | none | int8 | int4; see loader.quantize
+
+    def __post_init__(self) -> None:
+        if self.quantization not in ("auto", "none", "int8", "int4"):
+            raise ValueError(
+                f"quantization: unknown mode {self.quantization!r}; choose auto, none, int8 or int4"
+            )
 
     def resolved_device(self) -> torch.device:
         if self.device == "auto":
@@ -183,9 +191,23 @@ class LoadConfig:
         return torch.device(self.device)
 
     def resolved_dtype(self) -> torch.dtype:
-        if self.dtype == "auto":
-            return torch.bfloat16 if self.resolved_device().type == "cuda" else torch.float32
-        return parse_dtype(self.dtype)
+        return self.dtype_choice()[0]
+
+    def dtype_choice(self) -> tuple[torch.dtype, str]:
+        """(compute and KV dtype, why it was chosen) for this config on this machine.
+
+        "auto" is bfloat16 on CUDA and on CPUs with native bf16 arithmetic
+        (AMX-BF16 or AVX512-BF16 in the CPU flags), float32 elsewhere.
+        float32 is the exact mode.
+        """
+        if self.dtype != "auto":
+            return parse_dtype(self.dtype), "as asked"
+        if self.resolved_device().type == "cuda":
+            return torch.bfloat16, "auto: CUDA device"
+        flag = native_bf16_flag()
+        if flag is not None:
+            return torch.bfloat16, f"auto: the CPU has {flag}"
+        return torch.float32, "auto: the CPU has no native bf16 (AMX-BF16 / AVX512-BF16)"
 
 
 @dataclass(frozen=True)
@@ -257,7 +279,9 @@ class ChatConfig:
 
     def engine_options(self) -> dict[str, Any]:
         """The `radixlm.Engine` keyword options of this chat."""
-        return {"model": self.load.model, "dtype": self.load.dtype, "device": self.load.device}
+        load = self.load
+        return {"model": load.model, "dtype": load.dtype, "device": load.device,
+                "quantization": load.quantization}  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ def engine_factory(tiny_model_factory):
     def make(variant: str = "llama", **options):
         options.setdefault("max_total_tokens", 4096)
         options.setdefault("debug", True)
+        options.setdefault("dtype", "float32")  # the exact mode: cache on/off compared bitwise
         eng = radixlm.Engine(model=str(tiny_model_factory(variant)), **options)
         made.append(eng)
         return eng

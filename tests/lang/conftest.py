@@ -17,7 +17,7 @@ import radixlm.lang as rl
 def lang_engine(tiny_model_factory):
     """An in-process Engine on the tiny llama model (shut down at the end)."""
     eng = radixlm.Engine(model=str(tiny_model_factory("llama")), max_total_tokens=4096,
-                         debug=True)  # fmt: skip
+                         debug=True, dtype="float32")  # fmt: skip
     yield eng
     eng.shutdown()
 

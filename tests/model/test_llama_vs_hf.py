@@ -15,7 +15,7 @@ TOL = 1e-4
 
 
 def _load_both(model_dir):
-    ours = load_model(LoadConfig(model=str(model_dir)), progress=False)
+    ours = load_model(LoadConfig(model=str(model_dir), dtype="float32"), progress=False)
     ref = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     return ours, ref
 
@@ -109,7 +109,7 @@ def test_seeded_sampling_reproduces(tiny_model_factory):
 
 def test_bfloat16_load_halves_memory_and_stays_close(tiny_model_factory):
     model_dir = tiny_model_factory("llama")
-    f32 = load_model(LoadConfig(model=str(model_dir)), progress=False)
+    f32 = load_model(LoadConfig(model=str(model_dir), dtype="float32"), progress=False)
     bf16 = load_model(LoadConfig(model=str(model_dir), dtype="bfloat16"), progress=False)
     assert bf16.model.embed_tokens.weight.dtype == torch.bfloat16
     assert bf16.memory_bytes * 2 == f32.memory_bytes

@@ -27,8 +27,8 @@ def test_sharded_checkpoint_loads_to_same_model(tiny_model_factory, tmp_path):
     ref.save_pretrained(tmp_path, max_shard_size="100KB")
     assert (tmp_path / "model.safetensors.index.json").is_file()
     assert len(safetensors_files(tmp_path)) > 1
-    whole = load_model(LoadConfig(model=str(src)), progress=False).model
-    sharded = load_model(LoadConfig(model=str(tmp_path)), progress=False).model
+    whole = load_model(LoadConfig(model=str(src), dtype="float32"), progress=False).model
+    sharded = load_model(LoadConfig(model=str(tmp_path), dtype="float32"), progress=False).model
     for (name, a), (_, b) in zip(
         whole.state_dict().items(), sharded.state_dict().items(), strict=True
     ):

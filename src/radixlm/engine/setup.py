@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from radixlm.attention.native import kernels
 from radixlm.config import EngineConfig
 from radixlm.grammar import GrammarCache, make_backend
 from radixlm.kvcache.chunk_cache import ChunkCache
@@ -32,6 +33,8 @@ def build_runtime(
 ) -> Runtime:
     """Load (or reuse `loaded` / `tokenizer`) and wire the pool, cache and scheduler."""
     loaded = loaded or load_model(config.load)
+    if loaded.device.type == "cpu":
+        kernels()  # build (or load) the native kernels now, not in the first decode step
     if tokenizer is None and not config.skip_tokenizer_init:
         tok_path = config.load.tokenizer or loaded.path
         tokenizer = load_tokenizer(tok_path, extra_eos_token_ids=loaded.config.eos_token_ids)

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from radixlm.config import LoadConfig, ModelConfig
+from radixlm.loader.quantize import QuantizingLoader, choose_quantization
 from radixlm.models.llama import LlamaForCausalLM, rope_inv_freq
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ class LoadedModel:
     path: Path
     dtype: torch.dtype
     device: torch.device
+    quantization: str = "none"  # the weight mode in use: none, int8 or int4
 
     @property
     def memory_bytes(self) -> int:
@@ -84,31 +86,52 @@ def load_model(load: LoadConfig, progress: bool = True) -> LoadedModel:
     """Build the model for `load.model` and fill it with its weights, in eval mode."""
     path = resolve_model_path(load.model)
     config = read_model_config(path)
-    dtype, device = load.resolved_dtype(), load.resolved_device()
+    (dtype, why), device = load.dtype_choice(), load.resolved_device()
     start = time.perf_counter()
+    mode, quant_why = choose_quantization(load.quantization, path, dtype, device)
     with torch.device("meta"):
         model = LlamaForCausalLM(config)
+    quantizer = QuantizingLoader(model, mode, dtype) if mode != "none" else None
+    if quantizer is not None:
+        quantizer.prepare()  # the projections are never materialised densely
     # Materialise uninitialised storage on the target device; copy_ casts each weight.
     model = model.to_empty(device=device).to(dtype=dtype)
     model.tie_weights()
-    if path.suffix == ".gguf":
-        from radixlm.loader.gguf import iter_gguf_weights
-
-        weights = iter_gguf_weights(path, config, progress=progress)
-    else:
-        from radixlm.loader.hf import iter_hf_weights
-
-        weights = iter_hf_weights(path, progress=progress)
-    model.load_weights(weights)
+    weights = _iter_weights(path, config, progress)
+    model.load_weights(quantizer.filter(weights) if quantizer else weights)
+    if quantizer is not None:
+        quantizer.install()
     model = model.eval().requires_grad_(False)
     # Buffers were left uninitialised on the meta device, and `.to(dtype)` cast
     # them: recompute the rotary frequencies, which stay float32.
     model.inv_freq = rope_inv_freq(config.head_dim, config.rope_theta, config.rope_scaling).to(
         device
     )
+    weights_desc = "dense" if mode == "none" else f"{mode} weight-only ({quant_why})"
     log.info(
-        "loaded %s (%s) in %.1fs: %.1f MiB of weights, %s on %s",
+        "loaded %s (%s) in %.1fs: %.1f MiB of weights (file %.1f MiB), %s weights, "
+        "%s compute (%s) on %s",
         path.name, config.architecture, time.perf_counter() - start,
-        model.memory_bytes() / 2**20, str(dtype).removeprefix("torch."), device,
+        model.memory_bytes() / 2**20, _file_bytes(path) / 2**20, weights_desc,
+        str(dtype).removeprefix("torch."), why, device,
     )  # fmt: skip
-    return LoadedModel(model=model, config=config, path=path, dtype=dtype, device=device)
+    return LoadedModel(model=model, config=config, path=path, dtype=dtype, device=device,
+                       quantization=mode)  # fmt: skip
+
+
+def _iter_weights(path: Path, config: ModelConfig, progress: bool):
+    """(HF name, float tensor) of every weight in a GGUF file or a HF directory."""
+    if path.suffix == ".gguf":
+        from radixlm.loader.gguf import iter_gguf_weights
+
+        return iter_gguf_weights(path, config, progress=progress)
+    from radixlm.loader.hf import iter_hf_weights
+
+    return iter_hf_weights(path, progress=progress)
+
+
+def _file_bytes(path: Path) -> int:
+    """Bytes of a model file, or of the weight files of a directory."""
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.glob("*.safetensors"))

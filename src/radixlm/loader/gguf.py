@@ -288,6 +288,17 @@ def dequantize_tensor(tensor: ReaderTensor) -> torch.Tensor:
     return torch.from_numpy(values)
 
 
+def projection_types(path: Path) -> dict[str, int]:
+    """How many of a GGUF file's block projection weights use each storage type (by name)."""
+    counts: dict[str, int] = {}
+    for tensor in _open_reader(path).tensors:
+        m = _BLOCK_RE.fullmatch(tensor.name)
+        if m and m.group(3) == "weight" and m.group(2) in _BLOCK_NAMES and "norm" not in m.group(2):
+            name = tensor.tensor_type.name
+            counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
 def unpermute_rotary_rows(w: torch.Tensor, n_head: int) -> torch.Tensor:
     """Undo llama.cpp's q/k row reordering; return `w` [n_head * head_dim, ...] in HF order.
 

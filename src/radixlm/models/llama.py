@@ -145,7 +145,7 @@ class LlamaForCausalLM(nn.Module):
 
         Call again after anything that re-materialises parameters (e.g. `to_empty`).
         """
-        if self.config.tie_word_embeddings:
+        if self.config.tie_word_embeddings and isinstance(self.lm_head, nn.Linear):
             self.lm_head.weight = self.embed_tokens.weight
 
     @torch.inference_mode()
@@ -174,26 +174,37 @@ class LlamaForCausalLM(nn.Module):
             x = x[logits_indices]
         return self.lm_head(self.norm(x)).float()
 
+    def param_target(self, hf_name: str) -> tuple[str, int | None] | None:
+        """(our parameter name, shard index within a fused projection) for an HF tensor name.
+
+        None for tensors the model does not store (rotary caches, a tied lm_head).
+        """
+        name = hf_name.removeprefix("model.")
+        if "rotary_emb" in name or (name == "lm_head.weight" and self.config.tie_word_embeddings):
+            return None
+        for hf_part, (ours, idx) in _STACKED.items():
+            if f".{hf_part}." in f".{name}":
+                return name.replace(hf_part, ours), idx
+        return name, None
+
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Copy HF-named tensors into the model (fusing q/k/v and gate/up); check completeness."""
+        """Copy HF-named tensors into the model (fusing q/k/v and gate/up); check completeness.
+
+        Modules replaced by quantized ones (`loader.quantize`) have no parameters
+        and are neither filled nor checked here.
+        """
         params = dict(self.named_parameters(remove_duplicate=False))
         loaded: set[str] = set()
         for hf_name, tensor in weights:
-            name = hf_name.removeprefix("model.")
-            if "rotary_emb" in name or (
-                name == "lm_head.weight" and self.config.tie_word_embeddings
-            ):
+            target_name = self.param_target(hf_name)
+            if target_name is None:
                 continue
-            shard = None
-            for hf_part, (ours, idx) in _STACKED.items():
-                if f".{hf_part}." in f".{name}":
-                    name, shard = name.replace(hf_part, ours), idx
-                    break
+            name, shard = target_name
             if name not in params:
                 raise ValueError(f"unexpected weight {hf_name!r} for this model")
             target = params[name].data
             if shard is not None:
-                target = target.narrow(0, *self._shard_range(name, shard))
+                target = target.narrow(0, *self.shard_range(name, shard))
             if target.shape != tensor.shape:
                 raise ValueError(
                     f"weight {hf_name!r} has shape {tuple(tensor.shape)}, "
@@ -203,7 +214,8 @@ class LlamaForCausalLM(nn.Module):
             loaded.add(f"{name}#{shard}")
         self._check_complete(loaded)
 
-    def _shard_range(self, name: str, shard: int) -> tuple[int, int]:
+    def shard_range(self, name: str, shard: int) -> tuple[int, int]:
+        """(first row, rows) of shard `shard` in the fused projection `name`."""
         c = self.config
         if "qkv_proj" in name:
             sizes = [c.q_size, c.kv_size, c.kv_size]
@@ -227,5 +239,9 @@ class LlamaForCausalLM(nn.Module):
             raise ValueError(f"checkpoint is missing {len(missing)} weights, e.g. {missing[:3]}")
 
     def memory_bytes(self) -> int:
-        """Bytes held by parameters (tied weights counted once)."""
-        return sum(p.numel() * p.element_size() for p in self.parameters())
+        """Bytes held by parameters and buffers (quantized weights), shared storage counted once."""
+        seen: dict[int, int] = {}
+        for t in [*self.parameters(), *self.buffers()]:
+            storage = t.untyped_storage()
+            seen[storage.data_ptr()] = storage.nbytes()
+        return sum(seen.values())

@@ -9,6 +9,7 @@ fraction of a second. Concurrent first builds wait on one another.
 
 Functions of the module (see each .cpp file's header for shapes):
 - `paged_decode(q, k_cache, v_cache, kv_indptr, kv_indices, scale) -> [out, lse]`
+- `int4_dequantize(packed, scales_zeros, out, group)`: into `out` [n, k] bfloat16
 """
 
 from __future__ import annotations
@@ -17,26 +18,17 @@ import functools
 import hashlib
 import logging
 import os
-import platform
 from pathlib import Path
 from types import ModuleType
 
 import torch
 
+from radixlm.cpu import cpu_signature
+
 log = logging.getLogger(__name__)
 
-_SOURCES = ("paged_decode.cpp",)
+_SOURCES = ("paged_decode.cpp", "int4_dequant.cpp")
 _FLAGS = ["-O3", "-march=native", "-fopenmp", "-ffast-math", "-fno-finite-math-only"]
-
-
-def _cpu_signature() -> str:
-    """The CPU's model name and flags: a build with -march=native is valid only on them."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor() or platform.machine()
-    lines = [ln for ln in text.splitlines() if ln.startswith(("model name", "flags"))]
-    return "\n".join(sorted(set(lines)))
 
 
 def _build_dir(key: str) -> Path:
@@ -55,7 +47,7 @@ def kernels() -> ModuleType | None:
     sources = [here / name for name in _SOURCES]
     digest = hashlib.sha256()
     for part in [*(p.read_bytes() for p in sources), torch.__version__.encode(),
-                 _cpu_signature().encode(), " ".join(_FLAGS).encode()]:  # fmt: skip
+                 cpu_signature().encode(), " ".join(_FLAGS).encode()]:  # fmt: skip
         digest.update(part)
     key = digest.hexdigest()[:16]
     try:

@@ -263,6 +263,10 @@ std::vector<torch::Tensor> paged_decode(torch::Tensor q, torch::Tensor k_cache,
   return {out, lse};
 }
 
+void int4_dequantize(torch::Tensor packed, torch::Tensor scales_zeros, torch::Tensor out,
+                     int64_t group);  // int4_dequant.cpp
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("paged_decode", &paged_decode, "paged decode attention (CPU)");
+  m.def("int4_dequantize", &int4_dequantize, "int4 kernel-layout weight -> bfloat16 (CPU)");
 }

@@ -1,0 +1,191 @@
+"""Weight-only quantized linear layers and embeddings on PyTorch's own CPU kernels.
+
+Two formats, both with bfloat16 activations (the kernels are ~10x slower on float32):
+
+- int8: one scale per output row, `w = q * scale`, q in [-127, 127].
+  Small batches run `aten._weight_int8pack_mm`.
+- int4: groups of `group_size` consecutive inputs per output row share a scale
+  and a zero point, `w = (q - 8) * scale + zero`, q in [0, 15] (the form
+  `aten._weight_int4pack_mm_for_cpu` computes). The nibbles are kept in that
+  kernel's layout: output rows in blocks of 64; for each input k, byte j of a
+  block holds row j (low nibble) and row j + 32 (high nibble).
+
+Both kernels do one matrix-vector pass per input row, so their cost grows
+linearly with the rows of x. Past DIRECT_MAX_ROWS rows (prefill, large
+batches) a layer dequantizes its weight to bfloat16 for the call and runs a
+dense matmul instead; nothing is cached, so resident memory stays quantized.
+
+Quantization from float weights (`quantize_int8`, `quantize_int4`) uses the
+row's absolute maximum (int8) and, per group, the better of a min/max and a
+symmetric grid (int4). GGUF Q4_0 and Q4_1 weights dequantized to float32 are
+recovered exactly this way (up to the bfloat16 rounding of scale and zero);
+Q8_0 rows requantized per channel, and K-quants, are close, not exact.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from radixlm.attention.native import kernels
+
+# Rows of x up to which the quantized kernel beats dequantize + dense matmul (the crossover
+# measured on a 2-core AVX-512 CPU for SmolLM2's projections, benchmarks/quantization.md).
+DIRECT_MAX_ROWS = 32
+INT4_GROUP = 32
+INT4_BLOCK_ROWS = 64  # the int4 kernel packs output rows in blocks of this many
+
+
+_SCRATCH: dict[tuple[int, int], torch.Tensor] = {}
+
+
+def _scratch(n: int, k: int) -> torch.Tensor:
+    """A reused [n, k] bfloat16 buffer (fresh pages per call cost more than the dequantize)."""
+    buf = _SCRATCH.get((n, k))
+    if buf is None:
+        buf = _SCRATCH[(n, k)] = torch.empty(n, k, dtype=torch.bfloat16)
+    return buf
+
+
+def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(q [N, K] int8, scale [N] float32) with w ~ q * scale[:, None]; w is [N, K] float."""
+    w = w.float()
+    scale = (w.abs().amax(dim=1) / 127).clamp(min=1e-12)
+    q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
+    return q, scale
+
+
+def quantize_int4(
+    w: torch.Tensor, group: int = INT4_GROUP
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(q [N, K] int32 in [0, 15], scale [N, K/group], zero [N, K/group]) for w [N, K].
+
+    w ~ (q - 8) * scale + zero. Two grids are tried per group and the one with the
+    smaller worst-case error kept: min/max (min at q = 0, max at q = 15; exact for
+    GGUF Q4_1 and Q4_K sub-blocks) and symmetric about 0 with the largest magnitude
+    at 8 steps (exact for GGUF Q4_0).
+    """
+    n, k = w.shape
+    g = w.float().reshape(n, k // group, group)
+    lo, hi = g.amin(dim=2), g.amax(dim=2)
+    candidates = []
+    scale = ((hi - lo) / 15).clamp(min=1e-12)
+    candidates.append((scale, lo + 8 * scale))
+    scale = (torch.maximum(hi, -lo) / 8).clamp(min=1e-12)
+    candidates.append((scale, torch.where(hi > -lo, scale, torch.zeros_like(scale))))
+    best = None
+    for scale, zero in candidates:
+        q = torch.round((g - zero[..., None]) / scale[..., None] + 8).clamp(0, 15)
+        err = ((q - 8) * scale[..., None] + zero[..., None] - g).abs().amax(dim=2)
+        if best is None:
+            best = (q, scale, zero, err)
+            continue
+        take = err < best[3]
+        best = (torch.where(take[..., None], q, best[0]), torch.where(take, scale, best[1]),
+                torch.where(take, zero, best[2]), torch.minimum(err, best[3]))  # fmt: skip
+    assert best is not None
+    q, scale, zero, _ = best
+    return q.to(torch.int32).reshape(n, k), scale, zero
+
+
+def int4_supported(n: int, k: int, group: int = INT4_GROUP) -> bool:
+    """Whether an [n, k] weight fits the int4 kernel's blocking."""
+    return n % INT4_BLOCK_ROWS == 0 and k % group == 0 and k % 2 == 0
+
+
+def unpack_int4(packed: torch.Tensor, n: int, k: int) -> torch.Tensor:
+    """The [n, k] uint8 nibbles (0..15) of a weight in the int4 kernel's layout."""
+    b = packed.view(torch.uint8).reshape(n // INT4_BLOCK_ROWS, k, INT4_BLOCK_ROWS // 2)
+    both = torch.stack((b & 15, b >> 4), dim=2)  # [N/64, K, 2, 32]: rows j and j + 32
+    return both.reshape(n // INT4_BLOCK_ROWS, k, INT4_BLOCK_ROWS).transpose(1, 2).reshape(n, k)
+
+
+class Int8Linear(nn.Module):
+    """y = x @ (q * scale).T + bias, with q [N, K] int8 and scale [N] (bfloat16)."""
+
+    def __init__(self, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        self.out_features, self.in_features = q.shape
+        self.register_buffer("qweight", q.contiguous())
+        self.register_buffer("scale", scale.to(torch.bfloat16).contiguous())
+        self.register_buffer("bias", None if bias is None else bias.to(torch.bfloat16))
+
+    def dequantize(self) -> torch.Tensor:
+        """The weight [N, K] in bfloat16 (a new tensor)."""
+        return self.qweight.to(torch.bfloat16) * self.scale[:, None]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x2 = x.reshape(-1, self.in_features).to(torch.bfloat16)
+        if x2.shape[0] <= DIRECT_MAX_ROWS:
+            y = torch.ops.aten._weight_int8pack_mm(x2, self.qweight, self.scale)
+        else:
+            y = F.linear(x2, self.dequantize())
+        if self.bias is not None:
+            y = y + self.bias
+        return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+
+
+class Int4Linear(nn.Module):
+    """y = x @ W.T + bias, W = (q - 8) * scale + zero per group of `group` inputs.
+
+    packed: [N, K/2] uint8 in the int4 kernel's layout; scales_zeros: [K/group, N, 2] bfloat16.
+    """
+
+    def __init__(
+        self, q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
+        bias: torch.Tensor | None, group: int = INT4_GROUP,
+    ) -> None:  # fmt: skip
+        super().__init__()
+        self.out_features, self.in_features = q.shape
+        self.group = group
+        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32), 1)
+        self.register_buffer("packed", packed)
+        sz = torch.stack((scale.t(), zero.t()), dim=-1).to(torch.bfloat16).contiguous()
+        self.register_buffer("scales_zeros", sz)
+        self.register_buffer("bias", None if bias is None else bias.to(torch.bfloat16))
+
+    def dequantize(self) -> torch.Tensor:
+        """The weight [N, K] in bfloat16: a scratch buffer shared by every layer of this
+        shape, valid until the next dequantize (the engine runs one forward at a time)."""
+        n, k, g = self.out_features, self.in_features, self.group
+        native = kernels()
+        if native is not None:
+            out = _scratch(n, k)
+            native.int4_dequantize(self.packed, self.scales_zeros, out, g)
+            return out
+        q = unpack_int4(self.packed, n, k).float().reshape(n, k // g, g)
+        sz = self.scales_zeros.float()
+        scale, zero = sz[..., 0].t()[..., None], sz[..., 1].t()[..., None]  # [N, K/g, 1]
+        return ((q - 8) * scale + zero).reshape(n, k).to(torch.bfloat16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x2 = x.reshape(-1, self.in_features).to(torch.bfloat16)
+        if x2.shape[0] <= DIRECT_MAX_ROWS:
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(
+                x2, self.packed, self.group, self.scales_zeros
+            )
+        else:
+            y = F.linear(x2, self.dequantize())
+        if self.bias is not None:
+            y = y + self.bias
+        return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+
+
+class Int8Embedding(nn.Module):
+    """Rows of an int8 table: embed(ids) = q[ids] * scale[ids], in `dtype`.
+
+    `as_linear()` gives the tied output projection over the same storage.
+    """
+
+    def __init__(self, q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.linear = Int8Linear(q, scale, None)
+        self.dtype = dtype
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        lin = self.linear
+        return lin.qweight[ids].to(self.dtype) * lin.scale[ids, None].to(self.dtype)
+
+    def as_linear(self) -> Int8Linear:
+        return self.linear

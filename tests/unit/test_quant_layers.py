@@ -1,0 +1,69 @@
+"""Quantized linear layers against their own dequantized weights, on both paths."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from gguf import GGMLQuantizationType as Q
+from gguf.quants import dequantize, quantize
+
+from radixlm.models import quant
+from radixlm.models.quant import Int4Linear, Int8Linear, quantize_int4, quantize_int8, unpack_int4
+
+
+def layers(w: torch.Tensor, bias: torch.Tensor | None):
+    return {"int8": Int8Linear(*quantize_int8(w), bias),
+            "int4": Int4Linear(*quantize_int4(w), bias)}  # fmt: skip
+
+
+@pytest.mark.parametrize("rows", [1, 3, quant.DIRECT_MAX_ROWS, quant.DIRECT_MAX_ROWS + 1, 100])
+@pytest.mark.parametrize("kind", ["int8", "int4"])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_forward_matches_dequantized_weight(rows, kind, with_bias):
+    gen = torch.Generator().manual_seed(rows)
+    w = torch.randn(192, 96, generator=gen)
+    bias = torch.randn(192, generator=gen) if with_bias else None
+    layer = layers(w, bias)[kind]
+    x = torch.randn(rows, 96, generator=gen).bfloat16()
+    ref = x.float() @ layer.dequantize().float().t() + (0 if bias is None else bias)
+    got = layer(x)
+    assert got.shape == (rows, 192) and got.dtype == torch.bfloat16
+    # two bfloat16 roundings (matmul output, bias add) of the largest output
+    assert (got.float() - ref).abs().max().item() <= 2**-7 * ref.abs().max().item()
+    assert layer(x.float()).dtype == torch.float32  # the caller's dtype comes back
+
+
+@pytest.mark.parametrize("kind", ["int8", "int4"])
+def test_dequantized_weight_is_close_to_the_original(kind):
+    w = torch.randn(128, 64, generator=torch.Generator().manual_seed(0))
+    layer = layers(w, None)[kind]
+    step = w.abs().max() / (127 if kind == "int8" else 7)
+    assert (layer.dequantize().float() - w).abs().max().item() <= step
+
+
+def test_native_and_torch_int4_dequantize_agree(monkeypatch):
+    w = torch.randn(256, 128, generator=torch.Generator().manual_seed(1))
+    layer = layers(w, None)["int4"]
+    native = layer.dequantize().clone()
+    monkeypatch.setattr(quant, "kernels", lambda: None)
+    fallback = layer.dequantize().float()
+    # both round a float32 value once; the formulas differ, so at most one bfloat16 step
+    assert ((fallback - native.float()).abs() <= native.float().abs() * 2**-7 + 1e-6).all()
+
+
+def test_unpack_inverts_the_kernel_packing():
+    q = torch.randint(0, 16, (128, 64), dtype=torch.int32)
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
+    assert torch.equal(unpack_int4(packed, 128, 64).to(torch.int32), q)
+
+
+@pytest.mark.parametrize("qtype", [Q.Q4_0, Q.Q4_1])
+def test_gguf_4bit_blocks_are_recovered_exactly(qtype):
+    """quantize_int4 of a dequantized Q4_0/Q4_1 tensor finds the file's own nibbles and grid."""
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((64, 128)).astype(np.float32)
+    values = torch.from_numpy(dequantize(quantize(w, qtype), qtype).reshape(w.shape).copy())
+    q, scale, zero = quantize_int4(values)
+    back = (q - 8) * scale.repeat_interleave(32, 1) + zero.repeat_interleave(32, 1)
+    assert (back - values).abs().max().item() <= 1e-5

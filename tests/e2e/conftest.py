@@ -41,7 +41,8 @@ def run_server(model: str, argv: list[str], sig: int, env: dict[str, str] | None
     assert not pid_alive(engine_pid), "the engine process outlived the server"
 
 
-LIMITED = ["radixlm.launch_server", "--log-level", "warning", "--max-n", "4",
+# float32 (the exact mode) throughout, so answers compare with in-process references.
+LIMITED = ["radixlm.launch_server", "--log-level", "warning", "--dtype", "float32", "--max-n", "4",
            "--queue-timeout", "1", "--max-running-requests", "2"]  # fmt: skip
 
 
@@ -64,5 +65,5 @@ def slow_server(tiny_model_factory):
 @pytest.fixture(scope="session")
 def cli_server(tiny_model_factory):
     """`radixlm serve` on the tiny llama model, stopped with SIGINT (Ctrl-C)."""
-    argv = ["radixlm.cli", "--log-level", "warning", "serve"]
+    argv = ["radixlm.cli", "--log-level", "warning", "serve", "--dtype", "float32"]
     yield from run_server(str(tiny_model_factory("llama")), argv, signal.SIGINT)

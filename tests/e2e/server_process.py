@@ -110,8 +110,9 @@ def stop_server(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> int:
 def serve(model: str, max_total_tokens: int, timeout: float = 90.0) -> Iterator[str]:
     """Start `radixlm.launch_server` on `model`, yield its URL, stop it (a fixture's body)."""
     port = free_port()
+    # float32: the exact mode, so answers compare with in-process float32 references
     cmd = [sys.executable, "-m", "radixlm.launch_server", "--log-level", "warning",
-           "--model", model, "--port", str(port),
+           "--dtype", "float32", "--model", model, "--port", str(port),
            "--max-total-tokens", str(max_total_tokens)]  # fmt: skip
     proc = start_server(cmd, port, timeout=timeout)
     yield f"http://127.0.0.1:{port}"

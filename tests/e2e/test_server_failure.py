@@ -24,6 +24,7 @@ CLEAN = [11, 12, 13, 14]
 def faulty(tiny_model_factory):
     port = free_port()
     cmd = [sys.executable, "-m", "radixlm.launch_server", "--log-level", "warning",
+           "--dtype", "float32",
            "--model", str(tiny_model_factory("llama")), "--port", str(port),
            "--max-total-tokens", "4096"]  # fmt: skip
     proc = start_server(cmd, port, env=fault_env(faults=True))

@@ -22,7 +22,8 @@ LONG = {"max_new_tokens": 300, "ignore_eos": True, "temperature": 0}
 
 @pytest.fixture(scope="module")
 def url(tiny_model_factory):
-    argv = ["radixlm.launch_server", "--log-level", "warning", "--max-running-requests", "2",
+    argv = ["radixlm.launch_server", "--log-level", "warning", "--dtype", "float32",
+            "--max-running-requests", "2",
             "--max-queued-requests", "2", "--max-prompts-per-request", "8",
             "--max-top-logprobs", "5", "--default-max-tokens", "7"]  # fmt: skip
     env = fault_env(step_delay=0.005)

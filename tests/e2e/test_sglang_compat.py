@@ -43,6 +43,7 @@ def sgl_server(tiny_model_factory):
     port = free_port()
     model = str(tiny_model_factory("llama"))
     cmd = [sys.executable, "-m", "radixlm.launch_server", "--log-level", "warning",
+           "--dtype", "float32",
            "--model", model, "--port", str(port), "--max-total-tokens", "4096"]  # fmt: skip
     proc = start_server(cmd, port, env=fault_env(step_delay=0.01))
     yield f"http://127.0.0.1:{port}", model

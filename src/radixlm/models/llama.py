@@ -239,9 +239,12 @@ class LlamaForCausalLM(nn.Module):
             raise ValueError(f"checkpoint is missing {len(missing)} weights, e.g. {missing[:3]}")
 
     def memory_bytes(self) -> int:
-        """Bytes held by parameters and buffers (quantized weights), shared storage counted once."""
+        """Bytes of the weights (parameters and quantized buffers), shared storage counted once.
+
+        Non-persistent buffers (the rotary frequencies) are not weights and not counted.
+        """
         seen: dict[int, int] = {}
-        for t in [*self.parameters(), *self.buffers()]:
+        for t in self.state_dict(keep_vars=True).values():
             storage = t.untyped_storage()
             seen[storage.data_ptr()] = storage.nbytes()
         return sum(seen.values())

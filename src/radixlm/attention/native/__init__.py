@@ -18,6 +18,7 @@ import functools
 import hashlib
 import logging
 import os
+import tempfile
 from pathlib import Path
 from types import ModuleType
 
@@ -32,8 +33,12 @@ _FLAGS = ["-O3", "-march=native", "-fopenmp", "-ffast-math", "-fno-finite-math-o
 
 
 def _build_dir(key: str) -> Path:
-    root = Path(os.environ.get("RADIXLM_CACHE_DIR", Path.home() / ".cache" / "radixlm"))
-    path = root / "kernels" / key
+    """Where the build for `key` lives: the radixlm cache, or a fresh temporary
+    directory when the cache is turned off (an empty `RADIXLM_CACHE_DIR`)."""
+    root = os.environ.get("RADIXLM_CACHE_DIR", str(Path.home() / ".cache" / "radixlm"))
+    if not root:
+        return Path(tempfile.mkdtemp(prefix="radixlm-kernels-"))
+    path = Path(root) / "kernels" / key
     path.mkdir(parents=True, exist_ok=True)
     return path
 

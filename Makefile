@@ -35,7 +35,7 @@ $(STAMP): pyproject.toml Makefile
 	  > "$$($(BENCH_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/radixlm-venv.pth"
 	$(BENCH_VENV)/bin/pip install --quiet --no-deps $(BENCH_DEPS)
 	# Build the native CPU kernels once now (cached under ~/.cache/radixlm), not in a first request.
-	$(BIN)/python -c 'from radixlm.attention.native import kernels; kernels()'
+	$(BIN)/python -c 'from radixlm.native import kernels; kernels()'
 	rm -f $(VENV)/.installed-*
 	touch $@
 

@@ -2,7 +2,7 @@
 
 Keys sit at scattered pool slots; every case checks the output and the
 log-sum-exp the cascade merge relies on. Skipped with the reason when the
-kernel cannot be built here (it needs a C++ compiler; see `attention.native`).
+kernel cannot be built here (it needs a C++ compiler; see `native`).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from radixlm.attention import native
+from radixlm import native
 
 KERNELS = native.kernels()
 pytestmark = pytest.mark.skipif(

@@ -18,9 +18,9 @@ from hypothesis import HealthCheck, event, given, settings
 
 from radixlm.attention import cascade
 from radixlm.attention.cascade import SharedPrefix, attention_lse, find_shared_prefixes
-from radixlm.attention.native import kernels
 from radixlm.attention.paged import PagedContext
 from radixlm.kvcache.pool import KVPool, PoolShape
+from radixlm.native import kernels
 
 D = 16
 TOL = 1e-5

@@ -48,9 +48,9 @@ from radixlm.attention.cascade import (
     split_shared,
 )
 from radixlm.attention.groups import AttentionGroup, build_group, plan_groups
-from radixlm.attention.native import kernels
 from radixlm.attention.workspace import workspace_for
 from radixlm.kvcache.pool import KVPool
+from radixlm.native import kernels
 
 
 @dataclass(frozen=True)

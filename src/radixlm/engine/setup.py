@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from radixlm.attention.native import kernels
 from radixlm.config import EngineConfig
 from radixlm.grammar import GrammarCache, make_backend
 from radixlm.kvcache.chunk_cache import ChunkCache
@@ -13,6 +12,7 @@ from radixlm.kvcache.pool import KVPool
 from radixlm.kvcache.prefix_cache import PrefixCache
 from radixlm.kvcache.radix_cache import RadixCache
 from radixlm.loader import LoadedModel, load_model
+from radixlm.native import kernels
 from radixlm.scheduler.constraints import Constraints
 from radixlm.scheduler.finisher import Finisher
 from radixlm.scheduler.scheduler import Scheduler

@@ -15,11 +15,11 @@ import math
 from collections.abc import Iterable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from radixlm.attention.base import AttentionContext
 from radixlm.config import ModelConfig, RopeScaling
+from radixlm.models.ops import add_rms_norm, apply_rope_, rms_norm, silu_mul
 
 
 class RMSNorm(nn.Module):
@@ -30,9 +30,11 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Normalise in float32, scale in the model dtype (as the reference implementation).
-        h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * h.to(x.dtype)
+        return rms_norm(x, self.weight, self.eps)
+
+    def add_forward(self, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        """x += delta in place (the residual stream); return the norm of the sum."""
+        return add_rms_norm(x, delta, self.weight, self.eps)
 
 
 def rope_inv_freq(head_dim: int, theta: float, scaling: RopeScaling | None) -> torch.Tensor:
@@ -55,15 +57,6 @@ def rope_inv_freq(head_dim: int, theta: float, scaling: RopeScaling | None) -> t
     return torch.where(in_band, blended, scaled)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate x [T, H, D] by cos / signed sin [T, 1, D] (HF's "rotate half" layout).
-
-    rotate_half(x) * sin == roll(x, D/2) * sin_signed, where sin_signed has its
-    first half negated (the model builds it once per forward).
-    """
-    return x * cos + torch.roll(x, x.shape[-1] // 2, dims=-1) * sin
-
-
 class Attention(nn.Module):
     def __init__(self, config: ModelConfig, layer_id: int) -> None:
         super().__init__()
@@ -83,10 +76,8 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         t = x.shape[0]
         qkv = self.qkv_proj(x).view(t, self.num_heads + 2 * self.num_kv_heads, self.head_dim)
-        rotary_heads = self.num_heads + self.num_kv_heads
-        qk = apply_rope(qkv[:, :rotary_heads], cos, sin)  # q and k rotated in one pass
-        q, k = qk.split([self.num_heads, self.num_kv_heads], dim=1)
-        v = qkv[:, rotary_heads:]
+        apply_rope_(qkv, cos, sin, self.num_heads + self.num_kv_heads)  # q and k, in place
+        q, k, v = qkv.split([self.num_heads, self.num_kv_heads, self.num_kv_heads], dim=1)
         out = ctx.attend(self.layer_id, q, k, v, self.scale)  # [T, H, D]
         return self.o_proj(out.reshape(t, self.q_size))
 
@@ -99,8 +90,7 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).split(self.intermediate_size, dim=-1)
-        return self.down_proj(F.silu(gate) * up)
+        return self.down_proj(silu_mul(self.gate_up_proj(x)))
 
 
 class DecoderLayer(nn.Module):
@@ -112,10 +102,19 @@ class DecoderLayer(nn.Module):
         self.mlp = MLP(config)
 
     def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, ctx: AttentionContext
+        self,
+        x: torch.Tensor,
+        delta: torch.Tensor | None,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        ctx: AttentionContext,
     ) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, ctx)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        """Add the previous layer's output `delta` into the residual stream x (in place),
+        and return this layer's output; the caller adds it (into the next layer's norm)."""
+        norm = self.input_layernorm
+        h = norm(x) if delta is None else norm.add_forward(x, delta)
+        h = self.post_attention_layernorm.add_forward(x, self.self_attn(h, cos, sin, ctx))
+        return self.mlp(h)
 
 
 # HF name suffix -> (our parameter suffix, shard index) for the fused projections.
@@ -166,10 +165,13 @@ class LlamaForCausalLM(nn.Module):
         emb = torch.cat((freqs, freqs), dim=-1).unsqueeze(1)  # [T, 1, D]
         half = freqs.shape[-1]
         sin = emb.sin()
-        sin[..., :half].neg_()  # signed: see apply_rope
+        sin[..., :half].neg_()  # signed: see ops.apply_rope_
         cos, sin = emb.cos().to(x.dtype), sin.to(x.dtype)
+        delta = None
         for layer in self.layers:
-            x = layer(x, cos, sin, ctx)
+            delta = layer(x, delta, cos, sin, ctx)
+        if delta is not None:
+            x.add_(delta)
         if logits_indices is not None:
             x = x[logits_indices]
         return self.lm_head(self.norm(x)).float()

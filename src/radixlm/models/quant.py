@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from radixlm.attention.native import kernels
+from radixlm.native import kernels
 
 # Rows of x up to which the quantized kernel beats dequantize + dense matmul (the crossover
 # measured on a 2-core AVX-512 CPU for SmolLM2's projections, benchmarks/quantization.md).

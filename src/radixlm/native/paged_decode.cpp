@@ -266,7 +266,17 @@ std::vector<torch::Tensor> paged_decode(torch::Tensor q, torch::Tensor k_cache,
 void int4_dequantize(torch::Tensor packed, torch::Tensor scales_zeros, torch::Tensor out,
                      int64_t group);  // int4_dequant.cpp
 
+// fused.cpp
+torch::Tensor rms_norm(torch::Tensor x, torch::Tensor w, double eps);
+torch::Tensor add_rms_norm(torch::Tensor x, torch::Tensor delta, torch::Tensor w, double eps);
+void rope_(torch::Tensor qkv, torch::Tensor cos, torch::Tensor sin, int64_t rotary_heads);
+torch::Tensor silu_mul(torch::Tensor gu);
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("rms_norm", &rms_norm, "RMSNorm (CPU)");
+  m.def("add_rms_norm", &add_rms_norm, "x += delta, then RMSNorm (CPU)");
+  m.def("rope_", &rope_, "rotary embedding in place (CPU)");
+  m.def("silu_mul", &silu_mul, "silu(gate) * up (CPU)");
   m.def("paged_decode", &paged_decode, "paged decode attention (CPU)");
   m.def("int4_dequantize", &int4_dequantize, "int4 kernel-layout weight -> bfloat16 (CPU)");
 }

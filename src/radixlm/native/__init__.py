@@ -10,6 +10,7 @@ fraction of a second. Concurrent first builds wait on one another.
 Functions of the module (see each .cpp file's header for shapes):
 - `paged_decode(q, k_cache, v_cache, kv_indptr, kv_indices, scale) -> [out, lse]`
 - `int4_dequantize(packed, scales_zeros, out, group)`: into `out` [n, k] bfloat16
+- `rms_norm`, `add_rms_norm`, `rope_`, `silu_mul`: the decoder's fused elementwise ops
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from radixlm.cpu import cpu_signature
 
 log = logging.getLogger(__name__)
 
-_SOURCES = ("paged_decode.cpp", "int4_dequant.cpp")
+_SOURCES = ("paged_decode.cpp", "int4_dequant.cpp", "fused.cpp")
 _FLAGS = ["-O3", "-march=native", "-fopenmp", "-ffast-math", "-fno-finite-math-only"]
 
 

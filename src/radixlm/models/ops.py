@@ -1,0 +1,65 @@
+"""The decoder's elementwise ops: one fused native call each on the CPU, plain torch elsewhere.
+
+Each function computes in float32 and returns the input's dtype. The torch
+forms are the reference; the native ones (`radixlm.native`) read and write each
+tensor once and round once, so in bfloat16 they may differ from the torch
+forms in the last bit. Inputs are contiguous [T, ...] tensors.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from radixlm.native import kernels
+
+
+def _native(x: torch.Tensor):
+    """The kernel module when it applies to `x` (CPU, float32 or bfloat16), else None."""
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16):
+        return None
+    return kernels()
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """weight * (x / rms(x)), x [T, H]; the normalised value is rounded to x's dtype first."""
+    native = _native(x)
+    if native is not None and x.is_contiguous():
+        return native.rms_norm(x, weight, eps)
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * h.to(x.dtype)
+
+
+def add_rms_norm(
+    x: torch.Tensor, delta: torch.Tensor, weight: torch.Tensor, eps: float
+) -> torch.Tensor:
+    """x += delta in place (the residual stream), then return rms_norm(x)."""
+    native = _native(x)
+    if native is not None and x.is_contiguous():
+        return native.add_rms_norm(x, delta, weight, eps)
+    x.add_(delta)
+    return rms_norm(x, weight, eps)
+
+
+def apply_rope_(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: int) -> None:
+    """Rotate the first `heads` heads of qkv [T, heads_total, D] in place.
+
+    cos and signed sin are [T, 1, D] (HF's rotate-half layout): rotate_half(x) * sin
+    == roll(x, D/2) * sin_signed, where sin_signed has its first half negated.
+    """
+    native = _native(qkv)
+    if native is not None and qkv.is_contiguous():
+        native.rope_(qkv, cos, sin, heads)
+        return
+    x = qkv[:, :heads]
+    x.copy_(x * cos + torch.roll(x, x.shape[-1] // 2, dims=-1) * sin)
+
+
+def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """silu(gate) * up for gate_up [T, 2I] = [gate | up]; returns [T, I]."""
+    native = _native(gate_up)
+    if native is not None and gate_up.is_contiguous():
+        return native.silu_mul(gate_up)
+    gate, up = gate_up.chunk(2, dim=-1)
+    return F.silu(gate) * up

@@ -2,8 +2,8 @@
 //
 // Sequence b attends to the pool rows kv_indices[kv_indptr[b] .. kv_indptr[b+1]) of
 // one layer's K and V ([num_slots, Hkv, D]); nothing is gathered into a copy.
-// Work is split into (sequence, kv head, chunk of CHUNK keys) items run in
-// parallel; each item computes, for the G = H / Hkv query heads of its kv head,
+// Work is split into (sequence, chunk of CHUNK keys) items run in parallel;
+// each item computes, for each kv head and the G = H / Hkv query heads on it,
 // the chunk's max score, exp-sum and exp-weighted V sum (float32), and a merge
 // pass combines the chunks of each (sequence, head) exactly by log-sum-exp.
 //
@@ -196,14 +196,17 @@ void run(const torch::Tensor& q, const torch::Tensor& k_cache, const torch::Tens
   float* pl = part_l.data_ptr<float>();
   float* pa = part_acc.data_ptr<float>();
   const int64_t row_stride = hkv * d;
-  at::parallel_for(0, chunks * hkv, 1, [&](int64_t lo, int64_t hi) {
+  // One item per chunk, all its kv heads in turn: the chunk's rows are read front to back.
+  at::parallel_for(0, chunks, 1, [&](int64_t lo, int64_t hi) {
     std::vector<float> scores(static_cast<size_t>(g * CHUNK));
-    for (int64_t w = lo; w < hi; ++w) {
-      const int64_t c = w / hkv, kh = w % hkv, s = item_seq[c];
-      const int64_t start = item_start[c];
+    for (int64_t c = lo; c < hi; ++c) {
+      const int64_t s = item_seq[c], start = item_start[c];
       const int64_t n = std::min(CHUNK, indptr[s + 1] - start);
-      attend_chunk<T>(qp + (s * h + kh * g) * d, kp, vp, indices + start, n, row_stride,
-                      kh * d, g, d, scores.data(), pm + w * g, pl + w * g, pa + w * g * d);
+      for (int64_t kh = 0; kh < hkv; ++kh) {
+        const int64_t w = c * hkv + kh;
+        attend_chunk<T>(qp + (s * h + kh * g) * d, kp, vp, indices + start, n, row_stride,
+                        kh * d, g, d, scores.data(), pm + w * g, pl + w * g, pa + w * g * d);
+      }
     }
   });
   T* op = out.data_ptr<T>();

@@ -60,7 +60,8 @@ def main() -> None:
             if name not in best or decode > best[name][1]:
                 best[name] = (ttft, decode, n)
     first = servers[0][0]
-    print(f"\n{args.prompt_tokens}-token prompt, {args.tokens} output tokens, best of {args.runs}\n")
+    shape = f"{args.prompt_tokens}-token prompt, {args.tokens} output tokens"
+    print(f"\n{shape}, best of {args.runs}\n")
     print("| server | TTFT s | decode tok/s | vs " + first + " |")
     print("|---|---:|---:|---:|")
     for name, _ in servers:

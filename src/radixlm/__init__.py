@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from radixlm.threads import engine_spin_env
+
+engine_spin_env()  # before torch loads, where it has not yet; see radixlm.threads
+
 __version__ = "0.1.0"
 __all__ = ["Engine", "SamplingParams", "__version__"]
 

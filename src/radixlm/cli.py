@@ -7,13 +7,12 @@ server (see `radixlm.bench`).
 
 from __future__ import annotations
 
-import os
 import sys
 
 if "serve" in sys.argv[1:4]:
-    # Read by OpenMP when torch loads: idle worker threads sleep instead of spinning, so the
-    # HTTP process and the engine process (which inherits it) do not steal each other's cores.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from radixlm.threads import http_process_env
+
+    http_process_env()  # before torch loads; see radixlm.threads
 
 import argparse
 import logging

@@ -9,10 +9,10 @@ uvicorn, then the engine; the engine also exits by itself if this process dies.
 
 from __future__ import annotations
 
-import os
+# ruff: noqa: E402 - the OpenMP policy must be set before anything imports torch
+from radixlm.threads import HTTP_TORCH_THREADS, http_process_env
 
-# Read by OpenMP when torch loads; see radixlm.cli.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+http_process_env()  # see radixlm.threads
 
 import logging
 import shutil
@@ -30,7 +30,6 @@ from radixlm.server.supervisor import EngineStartError, EngineSupervisor
 
 log = logging.getLogger("radixlm.server")
 
-HTTP_TORCH_THREADS = 1  # this process runs no model; it must not compete with the engine
 
 
 def _exit_on_sigterm(signum: int, frame: Any) -> None:

@@ -18,9 +18,11 @@ from typing import TYPE_CHECKING, Any
 
 from radixlm.config import ServerConfig
 from radixlm.engine.messages import ModelInfo
+from radixlm.threads import engine_env
 
 if TYPE_CHECKING:
-    from radixlm.server.state import ServerState
+    from radixlm.threads import engine_env
+from radixlm.server.state import ServerState
 
 log = logging.getLogger("radixlm.server")
 
@@ -62,7 +64,8 @@ class EngineSupervisor:
             name="radixlm-engine",
             daemon=True,
         )
-        self.proc.start()
+        with engine_env():  # the engine's own OpenMP policy, see radixlm.threads
+            self.proc.start()
         send_conn.close()
         return _wait_ready(self.proc, recv_conn)
 

@@ -58,17 +58,21 @@ class Engine:
         elif loaded is not None:
             options["model"] = str(loaded.path)
         self.config: EngineConfig = build_engine_config(**options)
-        rt = build_runtime(self.config, loaded, tokenizer)
-        self.loaded, self.tokenizer, self.scheduler = rt.loaded, rt.tokenizer, rt.scheduler
         self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._handles: dict[str, RequestHandle] = {}  # rid -> handle, until it finished
         self._calls: dict[int, Future] = {}  # control call id -> its caller's future
         self._cids = itertools.count()
         self._stopped = False
-        self.loop = EngineLoop(self.scheduler, self.tokenizer, self._receive, self._deliver,
-                               self.config.queue_timeout)  # fmt: skip
-        self._thread = threading.Thread(target=self._run, name="radixlm-engine", daemon=True)
+        # The loop thread loads the model too: torch work split over two threads runs the
+        # loop's OpenMP kernels about 2x slower (two OpenMP teams on the same cores).
+        ready: Future = Future()
+        self._thread = threading.Thread(
+            target=self._start, args=(loaded, tokenizer, ready), name="radixlm-engine",
+            daemon=True,
+        )  # fmt: skip
         self._thread.start()
+        rt = ready.result()  # re-raises a load error
+        self.loaded, self.tokenizer, self.scheduler = rt.loaded, rt.tokenizer, rt.scheduler
         atexit.register(self.shutdown)
 
     # -- public API -----------------------------------------------------------------
@@ -241,6 +245,21 @@ class Engine:
             handle.push(m)
             if isinstance(m, ErrorMsg) or m.finished:
                 del self._handles[m.rid]
+
+    def _start(
+        self, loaded: LoadedModel | None, tokenizer: Tokenizer | None, ready: Future
+    ) -> None:
+        """The loop thread: build the runtime, report it (or the error) on `ready`, run."""
+        try:
+            rt = build_runtime(self.config, loaded, tokenizer)
+            self.loop = EngineLoop(rt.scheduler, rt.tokenizer, self._receive, self._deliver,
+                                   self.config.queue_timeout)  # fmt: skip
+        except BaseException as e:
+            self._stopped = True
+            ready.set_exception(e)
+            return
+        ready.set_result(rt)
+        self._run()
 
     def _run(self) -> None:
         try:

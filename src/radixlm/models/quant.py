@@ -146,14 +146,15 @@ class Int4Linear(nn.Module):
         self.register_buffer("bias", None if bias is None else bias.to(torch.bfloat16))
 
     def dequantize(self) -> torch.Tensor:
-        """The weight [N, K] in bfloat16: a scratch buffer shared by every layer of this
-        shape, valid until the next dequantize (the engine runs one forward at a time)."""
+        """The weight [N, K] in bfloat16 (with the native kernel, the transposed view of a
+        [K, N] scratch buffer shared by every layer of this shape): valid until the next
+        dequantize (the engine runs one forward at a time)."""
         n, k, g = self.out_features, self.in_features, self.group
         native = kernels()
         if native is not None:
-            out = _scratch(n, k)
-            native.int4_dequantize(self.packed, self.scales_zeros, out, g)
-            return out
+            out_t = _scratch(k, n)  # the kernel writes W.T; its transpose view is W
+            native.int4_dequantize(self.packed, self.scales_zeros, out_t, g)
+            return out_t.t()
         q = unpack_int4(self.packed, n, k).float().reshape(n, k // g, g)
         sz = self.scales_zeros.float()
         scale, zero = sz[..., 0].t()[..., None], sz[..., 1].t()[..., None]  # [N, K/g, 1]

@@ -9,7 +9,7 @@ fraction of a second. Concurrent first builds wait on one another.
 
 Functions of the module (see each .cpp file's header for shapes):
 - `paged_decode(q, k_cache, v_cache, kv_indptr, kv_indices, scale) -> [out, lse]`
-- `int4_dequantize(packed, scales_zeros, out, group)`: into `out` [n, k] bfloat16
+- `int4_dequantize(packed, scales_zeros, out_t, group)`: W.T into `out_t` [k, n] bfloat16
 - `rms_norm`, `add_rms_norm`, `rope_`, `silu_mul`: the decoder's fused elementwise ops
 """
 

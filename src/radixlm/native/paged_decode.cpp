@@ -266,7 +266,7 @@ std::vector<torch::Tensor> paged_decode(torch::Tensor q, torch::Tensor k_cache,
   return {out, lse};
 }
 
-void int4_dequantize(torch::Tensor packed, torch::Tensor scales_zeros, torch::Tensor out,
+void int4_dequantize(torch::Tensor packed, torch::Tensor scales_zeros, torch::Tensor out_t,
                      int64_t group);  // int4_dequant.cpp
 
 // fused.cpp

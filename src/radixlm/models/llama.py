@@ -19,7 +19,13 @@ from torch import nn
 
 from radixlm.attention.base import AttentionContext
 from radixlm.config import ModelConfig, RopeScaling
-from radixlm.models.ops import add_rms_norm, apply_rope_, rms_norm, silu_mul
+from radixlm.models.ops import (
+    add_rms_norm,
+    apply_rope_,
+    refine_top_logits,
+    rms_norm,
+    silu_mul,
+)
 
 
 class RMSNorm(nn.Module):
@@ -174,7 +180,18 @@ class LlamaForCausalLM(nn.Module):
             x.add_(delta)
         if logits_indices is not None:
             x = x[logits_indices]
-        return self.lm_head(self.norm(x)).float()
+        h = self.norm(x)
+        logits = self.lm_head(h).float()
+        if h.dtype != torch.float32:  # bf16 rounding of the logits would tie the top tokens
+            logits = refine_top_logits(logits, h, self._head_rows)
+        return logits
+
+    def _head_rows(self, idx: torch.Tensor) -> torch.Tensor:
+        """Rows `idx` of the output projection's weight in float32 ([*idx.shape, hidden])."""
+        head = self.lm_head
+        if isinstance(head, nn.Linear):
+            return head.weight[idx].float()
+        return head.rows(idx)
 
     def param_target(self, hf_name: str) -> tuple[str, int | None] | None:
         """(our parameter name, shard index within a fused projection) for an HF tensor name.

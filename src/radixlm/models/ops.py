@@ -8,6 +8,8 @@ forms in the last bit. Inputs are contiguous [T, ...] tensors.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -63,3 +65,25 @@ def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
         return native.silu_mul(gate_up)
     gate, up = gate_up.chunk(2, dim=-1)
     return F.silu(gate) * up
+
+
+REFINED_CANDIDATES = 8  # logits recomputed in float32 per row: the top of a low-precision head
+
+
+def refine_top_logits(
+    logits: torch.Tensor,
+    hidden: torch.Tensor,
+    head_rows: Callable[[torch.Tensor], torch.Tensor],
+    k: int = REFINED_CANDIDATES,
+) -> torch.Tensor:
+    """Recompute the top-k logits of each row in float32; returns `logits` (changed in place).
+
+    logits: [N, V] float32 from a bfloat16 (or quantized) output projection, whose
+    rounding to bf16 leaves the top candidates tied or misordered (bf16 keeps 8 bits of
+    mantissa: a step of 0.125 at logit 20). hidden: [N, H] its input;
+    head_rows(idx [N, k]) -> [N, k, H] float32 rows of the projection's weight.
+    Greedy choice and the top of the distribution then follow the exact dot products.
+    """
+    idx = logits.topk(k, dim=-1).indices  # [N, k]
+    exact = torch.einsum("nh,nkh->nk", hidden.float(), head_rows(idx))
+    return logits.scatter_(1, idx, exact)

@@ -115,6 +115,10 @@ class Int8Linear(nn.Module):
         """The weight [N, K] in bfloat16 (a new tensor)."""
         return self.qweight.to(torch.bfloat16) * self.scale[:, None]
 
+    def rows(self, idx: torch.Tensor) -> torch.Tensor:
+        """Rows `idx` (any shape) of the weight in float32: [*idx.shape, K]."""
+        return self.qweight[idx].float() * self.scale[idx, None].float()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, self.in_features).to(torch.bfloat16)
         if x2.shape[0] <= DIRECT_MAX_ROWS:

@@ -1,0 +1,77 @@
+"""bf16, int8 and int4 on the real SmolLM2: the radix cache changes speed, not answers.
+
+In these modes cache on and off may disagree only at a near-tie. 32 shared-prefix
+prompts (4 system prompts x 8 questions) run greedy with the cache on and off.
+Each disagreement must start where the top-2 logprob gap is under 0.05 (in
+either run): a cache bug diverges at large gaps. The gaps are printed.
+
+How many agree is machine-dependent (bf16 kernels differ between CPUs). On a
+2-core AVX-512/AMX Xeon: 30/32 for bf16 and int4, 28/32 for int8. Cache off
+prefills whole prompts (over 32 rows: weights dequantized to bf16, which rounds
+int8 x scale), cache on only the suffix (the int8 kernel). The floor asserted
+below is 26/32, with the near-tie rule as the check that matters.
+"""
+
+from __future__ import annotations
+
+import pytest
+from helpers.engine_checks import assert_clean
+
+import radixlm
+from radixlm.config import LoadConfig
+from radixlm.loader import load_model
+
+SYSTEMS = [
+    "You are a concise assistant. Answer in one short sentence.",
+    "You are a helpful teacher. Explain simply, in at most two sentences.",
+    "You answer questions about the world. Be brief and precise.",
+    "You are a friendly guide. Reply with one clear sentence.",
+]
+QUESTIONS = [
+    "What is the capital of France?", "Name a primary colour.", "What is 2 + 2?",
+    "Which planet is known as the red planet?", "What do bees make?",
+    "How many days are in a week?", "What is the boiling point of water in Celsius?",
+    "Who wrote Romeo and Juliet?",
+]  # fmt: skip
+NEAR_TIE = 0.05
+
+
+@pytest.mark.parametrize("quantization", ["none", "int8", "int4"])
+def test_cache_on_off_agree_but_at_near_ties(smollm2, smollm2_path, quantization):
+    _, tok = smollm2
+    loaded = load_model(
+        LoadConfig(model=str(smollm2_path), dtype="bfloat16", quantization=quantization),
+        progress=False,
+    )
+    assert loaded.quantization == quantization
+    prompts = [
+        tok.apply_chat_template([{"role": "system", "content": s * 3},
+                                 {"role": "user", "content": q}])
+        for s in SYSTEMS for q in QUESTIONS
+    ]  # fmt: skip
+    params = {"temperature": 0, "max_new_tokens": 12}
+    runs = []
+    for off in (False, True):
+        eng = radixlm.Engine(loaded=loaded, tokenizer=tok, max_total_tokens=8192,
+                             disable_radix_cache=off)  # fmt: skip
+        runs.append(eng.generate(input_ids=prompts, sampling_params=params,
+                                 return_logprob=True, top_logprobs_num=2))  # fmt: skip
+        assert_clean(eng)
+        eng.shutdown()
+    on, off = runs
+    assert sum(r["meta_info"]["cached_tokens"] for r in on) > 28 * 40  # the prefixes were shared
+    assert "Paris" in on[0]["text"] and "Paris" in off[0]["text"]
+    agree = 0
+    for i, (a, b) in enumerate(zip(on, off, strict=True)):
+        if a["output_ids"] == b["output_ids"]:
+            agree += 1
+            continue
+        ids_a, ids_b = a["output_ids"], b["output_ids"]
+        shorter = min(len(ids_a), len(ids_b))  # past it, one run has ended (a tie on eos)
+        at = next((j for j in range(shorter) if ids_a[j] != ids_b[j]), shorter)
+        tops = [r["meta_info"]["output_top_logprobs"] for r in (a, b)]
+        gap = min(top[at][0][0] - top[at][1][0] for top in tops if at < len(top))
+        print(f"{quantization}: prompt {i} differs at token {at}, top-2 gap {gap:.4f}")
+        assert gap < NEAR_TIE, f"prompt {i}: cache on/off differ at token {at}, gap {gap:.3f}"
+    print(f"{quantization}: {agree}/32 prompts identical with the cache on and off")
+    assert agree >= 26

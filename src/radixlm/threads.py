@@ -34,7 +34,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 HTTP_TORCH_THREADS = 1
-ENGINE_SPINCOUNT = "20000000"
+ENGINE_SPINCOUNT = "2000000"
 _MARK = "RADIXLM_HTTP_SET_OMP_WAIT_POLICY"  # set when the policy is ours, not the user's
 
 

@@ -101,7 +101,32 @@ def unpack_int4(packed: torch.Tensor, n: int, k: int) -> torch.Tensor:
     return both.reshape(n // INT4_BLOCK_ROWS, k, INT4_BLOCK_ROWS).transpose(1, 2).reshape(n, k)
 
 
-class Int8Linear(nn.Module):
+class WeightOnlyLinear(nn.Module):
+    """y = x @ W.T + bias for a quantized W: `direct` (the kernel) up to DIRECT_MAX_ROWS
+    rows of x, else a dense bf16 matmul on `dequantize()`. Returns x's dtype."""
+
+    in_features: int
+    out_features: int
+    bias: torch.Tensor | None
+
+    def direct(self, x: torch.Tensor) -> torch.Tensor:
+        """x [M, K] bfloat16 -> [M, N] bfloat16 through the quantized kernel."""
+        raise NotImplementedError
+
+    def dequantize(self) -> torch.Tensor:
+        """The weight [N, K] in bfloat16."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x2 = x.reshape(-1, self.in_features).to(torch.bfloat16)
+        small = x2.shape[0] <= DIRECT_MAX_ROWS
+        y = self.direct(x2) if small else F.linear(x2, self.dequantize())
+        if self.bias is not None:
+            y = y + self.bias
+        return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+
+
+class Int8Linear(WeightOnlyLinear):
     """y = x @ (q * scale).T + bias, with q [N, K] int8 and scale [N] (bfloat16)."""
 
     def __init__(self, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> None:
@@ -119,18 +144,11 @@ class Int8Linear(nn.Module):
         """Rows `idx` (any shape) of the weight in float32: [*idx.shape, K]."""
         return self.qweight[idx].float() * self.scale[idx, None].float()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x2 = x.reshape(-1, self.in_features).to(torch.bfloat16)
-        if x2.shape[0] <= DIRECT_MAX_ROWS:
-            y = torch.ops.aten._weight_int8pack_mm(x2, self.qweight, self.scale)
-        else:
-            y = F.linear(x2, self.dequantize())
-        if self.bias is not None:
-            y = y + self.bias
-        return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+    def direct(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.aten._weight_int8pack_mm(x, self.qweight, self.scale)
 
 
-class Int4Linear(nn.Module):
+class Int4Linear(WeightOnlyLinear):
     """y = x @ W.T + bias, W = (q - 8) * scale + zero per group of `group` inputs.
 
     packed: [N, K/2] uint8 in the int4 kernel's layout; scales_zeros: [K/group, N, 2] bfloat16.
@@ -164,17 +182,10 @@ class Int4Linear(nn.Module):
         scale, zero = sz[..., 0].t()[..., None], sz[..., 1].t()[..., None]  # [N, K/g, 1]
         return ((q - 8) * scale + zero).reshape(n, k).to(torch.bfloat16)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x2 = x.reshape(-1, self.in_features).to(torch.bfloat16)
-        if x2.shape[0] <= DIRECT_MAX_ROWS:
-            y = torch.ops.aten._weight_int4pack_mm_for_cpu(
-                x2, self.packed, self.group, self.scales_zeros
-            )
-        else:
-            y = F.linear(x2, self.dequantize())
-        if self.bias is not None:
-            y = y + self.bias
-        return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+    def direct(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(
+            x, self.packed, self.group, self.scales_zeros
+        )
 
 
 class Int8Embedding(nn.Module):

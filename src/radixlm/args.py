@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from radixlm.config import (
+    QUANTIZATION_MODES,
     ChatConfig,
     LoadConfig,
     SchedulePolicyName,
@@ -35,7 +36,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--quantization",
         default="auto",
-        choices=["auto", "none", "int8", "int4"],
+        choices=QUANTIZATION_MODES,
         help="weight-only quantization (auto: a GGUF file runs in its own precision, "
         "Q8_0 as int8 and Q4_x as int4, when the compute dtype is bfloat16; none: dense)",
     )

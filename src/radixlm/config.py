@@ -17,6 +17,7 @@ from radixlm.cpu import native_bf16_flag
 from radixlm.sampling.params import SamplingParams
 
 SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2")
+QUANTIZATION_MODES = ("auto", "none", "int8", "int4")  # --quantization
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -177,12 +178,13 @@ class LoadConfig:
     dtype: str = "auto"  # see `dtype_choice`
     device: str = "auto"  # "auto" = cuda when available, else cpu
     tokenizer: str | None = None  # a HF directory; default: the model's own
-    quantization: str = "auto"  # auto | none | int8 | int4; see loader.quantize
+    quantization: str = "auto"  # one of QUANTIZATION_MODES; see loader.quantize
 
     def __post_init__(self) -> None:
-        if self.quantization not in ("auto", "none", "int8", "int4"):
+        if self.quantization not in QUANTIZATION_MODES:
             raise ValueError(
-                f"quantization: unknown mode {self.quantization!r}; choose auto, none, int8 or int4"
+                f"quantization: unknown mode {self.quantization!r}; "
+                f"choose one of {', '.join(QUANTIZATION_MODES)}"
             )
 
     def resolved_device(self) -> torch.device:

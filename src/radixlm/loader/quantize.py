@@ -35,7 +35,6 @@ from radixlm.models.quant import (
 
 log = logging.getLogger(__name__)
 
-MODES = ("auto", "none", "int8", "int4")
 _PROJECTIONS = ("self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj")
 # GGUF storage type names -> the mode that keeps their precision.
 _INT4_TYPES = {"Q4_0", "Q4_1", "Q4_K"}
@@ -56,15 +55,14 @@ def gguf_weight_mode(path: Path) -> str:
 def choose_quantization(
     requested: str, path: Path, dtype: torch.dtype, device: torch.device
 ) -> tuple[str, str]:
-    """(mode "none" | "int8" | "int4", why) for `--quantization requested` on this model.
+    """(mode "none" | "int8" | "int4", why) for `--quantization requested` (one of
+    QUANTIZATION_MODES, checked by LoadConfig) on this model.
 
     "auto" keeps a GGUF file's own precision (Q8_0 -> int8, Q4_x -> int4), and
     leaves float checkpoints alone. Quantized kernels need bfloat16 compute on
     the CPU: with float32 (the exact mode) "auto" dequantizes instead, and on
     CUDA every mode falls back to dense weights.
     """
-    if requested not in MODES:
-        raise ValueError(f"quantization: unknown mode {requested!r}; choose one of {MODES}")
     if requested == "none":
         return "none", "as asked"
     if device.type != "cpu":

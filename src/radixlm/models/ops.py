@@ -17,16 +17,16 @@ from radixlm.native import kernels
 
 
 def _native(x: torch.Tensor):
-    """The kernel module when it applies to `x` (CPU, float32 or bfloat16), else None."""
+    """The kernel module when it applies to `x` (contiguous, CPU, float32 or bfloat16)."""
     if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16):
         return None
-    return kernels()
+    return kernels() if x.is_contiguous() else None
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """weight * (x / rms(x)), x [T, H]; the normalised value is rounded to x's dtype first."""
     native = _native(x)
-    if native is not None and x.is_contiguous():
+    if native is not None:
         return native.rms_norm(x, weight, eps)
     h = x.float()
     h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
@@ -38,7 +38,7 @@ def add_rms_norm(
 ) -> torch.Tensor:
     """x += delta in place (the residual stream), then return rms_norm(x)."""
     native = _native(x)
-    if native is not None and x.is_contiguous():
+    if native is not None:
         return native.add_rms_norm(x, delta, weight, eps)
     x.add_(delta)
     return rms_norm(x, weight, eps)
@@ -51,7 +51,7 @@ def apply_rope_(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: 
     == roll(x, D/2) * sin_signed, where sin_signed has its first half negated.
     """
     native = _native(qkv)
-    if native is not None and qkv.is_contiguous():
+    if native is not None:
         native.rope_(qkv, cos, sin, heads)
         return
     x = qkv[:, :heads]
@@ -61,7 +61,7 @@ def apply_rope_(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: 
 def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
     """silu(gate) * up for gate_up [T, 2I] = [gate | up]; returns [T, I]."""
     native = _native(gate_up)
-    if native is not None and gate_up.is_contiguous():
+    if native is not None:
         return native.silu_mul(gate_up)
     gate, up = gate_up.chunk(2, dim=-1)
     return F.silu(gate) * up

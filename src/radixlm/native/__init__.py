@@ -65,6 +65,6 @@ def kernels() -> ModuleType | None:
             build_directory=str(_build_dir(key)), verbose=False,
         )  # fmt: skip
     except Exception as e:  # any build failure means: use the torch path
-        log.warning("native CPU kernels unavailable (%s); using plain torch attention", e)
+        log.warning("native CPU kernels unavailable (%s); using the plain torch paths", e)
         return None
     return module

@@ -21,8 +21,7 @@ from radixlm.engine.messages import ModelInfo
 from radixlm.threads import engine_env
 
 if TYPE_CHECKING:
-    from radixlm.threads import engine_env
-from radixlm.server.state import ServerState
+    from radixlm.server.state import ServerState
 
 log = logging.getLogger("radixlm.server")
 

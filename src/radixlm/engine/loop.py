@@ -22,6 +22,7 @@ from typing import Any
 from radixlm.engine.messages import AbortMsg, ControlMsg, ErrorMsg, GenerateMsg, ReplyMsg
 from radixlm.engine.requests import to_req
 from radixlm.engine.results import ResultShaper
+from radixlm.kvcache.snapshot import tree_snapshot
 from radixlm.scheduler.request import FinishReason
 from radixlm.scheduler.scheduler import Scheduler
 from radixlm.tokenizer import Tokenizer
@@ -119,6 +120,9 @@ class EngineLoop:
                 result: Any = {**stats, "integrity_error": self.integrity_error}
             elif msg.kind == "flush_cache":
                 result = self.sched.flush_cache()
+            elif msg.kind == "cache_snapshot":  # the live cache view (bounded: kvcache.snapshot)
+                result = {**tree_snapshot(self.sched.kv.cache, self.sched.usage),
+                          "stats": self.sched.stats_snapshot()}  # fmt: skip
             elif msg.kind == "check_integrity":
                 self.sched.check_integrity()
                 result = True

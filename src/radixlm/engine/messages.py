@@ -42,7 +42,8 @@ class AbortMsg:
 class ControlMsg:
     """A call answered by one `ReplyMsg` with the same `cid`.
 
-    kinds: "get_stats", "flush_cache", "check_integrity", "shutdown" (no reply).
+    kinds: "get_stats", "flush_cache", "check_integrity", "cache_snapshot" (the tree for the
+    live cache view), "shutdown" (no reply).
     """
 
     cid: int

@@ -53,10 +53,11 @@ class TreeNode:
     tensor) their KV slot indices. `lock_ref` counts the locks taken on this
     node or on any node below it; a node with lock_ref > 0 is protected from
     eviction. `last_access` is the cache's logical clock at the last match or
-    insert that passed through the node.
+    insert that passed through the node; `hits` the requests that reused it.
     """
 
-    __slots__ = ("children", "extra_key", "id", "key", "last_access", "lock_ref", "parent", "value")
+    __slots__ = ("children", "extra_key", "hits", "id", "key", "last_access", "lock_ref", "parent",
+                 "value")  # fmt: skip
 
     def __init__(
         self,
@@ -76,6 +77,7 @@ class TreeNode:
         self.extra_key = extra_key
         self.lock_ref = 0
         self.last_access = last_access
+        self.hits = 0  # requests admitted that reused this node (kvcache.activity counts them)
 
     def __len__(self) -> int:
         return len(self.key)

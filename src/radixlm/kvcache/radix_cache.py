@@ -46,6 +46,7 @@ import numpy as np
 import torch
 
 from radixlm.kvcache import integrity
+from radixlm.kvcache.activity import EvictionLog
 from radixlm.kvcache.integrity import check
 from radixlm.kvcache.pool import KVPool
 from radixlm.kvcache.prefix_cache import (
@@ -92,6 +93,7 @@ class RadixCache(PrefixCache):
         self.page_size = pool.page_size
         self._empty_value = torch.empty(0, dtype=torch.int64, device=pool.device)
         self.root = TreeNode(None, (), self._empty_value)
+        self.evictions = EvictionLog()  # the recent evictions, for the live cache view
         self.reset_state()
 
     def reset_state(self) -> None:
@@ -113,6 +115,11 @@ class RadixCache(PrefixCache):
     @property
     def evictable_size(self) -> int:
         return self._evictable
+
+    @property
+    def clock(self) -> int:
+        """The logical clock: the tick of the last match or insert (`last_access` units)."""
+        return self._clock
 
     @property
     def protected_size(self) -> int:
@@ -249,6 +256,7 @@ class RadixCache(PrefixCache):
                 continue  # stale: locked, evicted, given children or touched since
             values.append(node.value)
             freed += len(node)
+            self.evictions.record(node)
             self._remove_leaf(node)  # its parent may become a candidate in turn
         self.pool.free(self._cat(values))
         return freed
@@ -343,6 +351,7 @@ class RadixCache(PrefixCache):
         assert parent is not None and 0 < at < len(node)
         upper = TreeNode(parent, node.key[:at], node.value[:at], node.extra_key, node.last_access)
         upper.lock_ref = node.lock_ref
+        upper.hits = node.hits  # every reuse of the whole edge passed through its upper part
         parent.children[self._child_key(parent, node.extra_key, node.key, 0)] = upper
         node.key, node.value, node.parent = node.key[at:], node.value[at:], upper
         upper.children[self._child_key(upper, node.extra_key, node.key, 0)] = node

@@ -22,6 +22,7 @@ import torch
 
 from radixlm.config import SchedulerConfig
 from radixlm.executor.model_runner import ForwardItem, ModelRunner
+from radixlm.kvcache.activity import CacheUsage
 from radixlm.kvcache.prefix_cache import PrefixCache
 from radixlm.models.llama import LlamaForCausalLM
 from radixlm.sampling.batch import SamplingBatch
@@ -65,6 +66,7 @@ class Scheduler:
         self.new_token_ratio = config.init_new_token_ratio
         self._pending: list[StepOutput] = []  # aborts of waiting requests, reported next step
         self.stats = SchedulerStats()
+        self.usage = CacheUsage()  # per-namespace counters and node hits (the cache view)
 
     # -- requests in and out -------------------------------------------------------
 
@@ -191,6 +193,8 @@ class Scheduler:
                 req.cached_tokens = req.cache_protected_len
                 self.stats.prompt_tokens += len(req.input_ids)
                 self.stats.cached_tokens += req.cached_tokens
+                self.usage.admitted(req.extra_key, req.last_node, len(req.input_ids),
+                                    req.cached_tokens, getattr(self.kv.cache, "clock", 0))
             req.state = ReqState.RUNNING
             start = req.kv_len - n
             items.append(

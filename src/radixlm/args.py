@@ -121,11 +121,17 @@ def server_config_from_args(ns: argparse.Namespace) -> ServerConfig:
     """Validate parsed server flags into a ServerConfig; raises ValueError naming the flag."""
     engine: dict[str, Any] = {"model": ns.model, "dtype": ns.dtype, "device": ns.device,
                               "quantization": ns.quantization}  # fmt: skip
-    for name in ("schedule_policy", "disable_radix_cache", "grammar_backend",
+    for name in ("schedule_policy", "disable_radix_cache", "cache_dir", "cache_dir_max_gb",
+                 "grammar_backend",
                  "disable_jump_forward", "queue_timeout"):  # fmt: skip
         engine[name] = getattr(ns, name)
     for name in ("max_total_tokens", "mem_fraction", "chunked_prefill_size",
                  "max_prefill_tokens", "max_running_requests"):  # fmt: skip
+    e.add_argument("--cache-dir", default=None, metavar="DIR",
+                   help="keep evicted prefixes on disk in DIR, reloaded on a later match "
+                   "and after a restart (see docs/cache-tiers.md)")  # fmt: skip
+    e.add_argument("--cache-dir-max-gb", type=float, default=10.0,
+                   help="size cap of --cache-dir; least recently used entries go first")
         if getattr(ns, name) is not None:
             engine[name] = getattr(ns, name)
     with _as_flag_errors():

@@ -284,6 +284,9 @@ class ChatConfig:
         load = self.load
         return {"model": load.model, "dtype": load.dtype, "device": load.device,
                 "quantization": load.quantization}  # fmt: skip
+    cache_dir: str | None = None  # a disk tier under the pool (kvcache.tiers); None: off
+    cache_dir_max_gb: float = 10.0  # the disk tier's size cap; least recently used goes first
+    kv_events_config: str | None = None  # JSON of KVEventsConfig fields; None: no KV events
 
 
 @dataclass(frozen=True)
@@ -292,6 +295,10 @@ class EngineConfig:
 
     load: LoadConfig = field(default_factory=LoadConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
+        if not self.cache_dir_max_gb > 0:
+            raise ValueError("cache_dir_max_gb: must be > 0")
+        if self.cache_dir is not None and self.disable_radix_cache:
+            raise ValueError("cache_dir: needs the radix cache (drop --disable-radix-cache)")
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     skip_tokenizer_init: bool = False  # token ids in and out only; no text, no stop strings
     queue_timeout: float | None = None  # seconds a request may wait, never admitted

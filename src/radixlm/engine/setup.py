@@ -11,6 +11,7 @@ from radixlm.kvcache.chunk_cache import ChunkCache
 from radixlm.kvcache.pool import KVPool
 from radixlm.kvcache.prefix_cache import PrefixCache
 from radixlm.kvcache.radix_cache import RadixCache
+from radixlm.kvcache.tiers import attach_disk_tier
 from radixlm.loader import LoadedModel, load_model
 from radixlm.native import kernels
 from radixlm.scheduler.constraints import Constraints
@@ -51,6 +52,9 @@ def build_runtime(
     cache: PrefixCache = ChunkCache(pool) if c.disable_radix_cache else RadixCache(pool)
     eos = tuple(dict.fromkeys(
         (tokenizer.eos_token_ids if tokenizer else ()) + loaded.config.eos_token_ids
+    if c.cache_dir is not None and isinstance(cache, RadixCache):
+        attach_disk_tier(cache, c.cache_dir, c.cache_dir_max_gb, loaded.path,
+                         loaded.quantization, loaded.device)  # fmt: skip
     ))  # fmt: skip
     finisher = Finisher(tokenizer, eos, loaded.config.context_length)
     constraints = _constraints(config, loaded, tokenizer, eos)

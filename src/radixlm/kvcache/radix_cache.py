@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Hashable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -57,6 +58,9 @@ from radixlm.kvcache.prefix_cache import (
     TreeNode,
     key_tuple,
 )
+
+if TYPE_CHECKING:
+    from radixlm.kvcache.tiers.bridge import TierBridge
 
 _CHUNK = 64  # tokens compared per C-level tuple comparison when locating a mismatch
 
@@ -94,6 +98,9 @@ class RadixCache(PrefixCache):
         self._empty_value = torch.empty(0, dtype=torch.int64, device=pool.device)
         self.root = TreeNode(None, (), self._empty_value)
         self.evictions = EvictionLog()  # the recent evictions, for the live cache view
+        # A lower tier (kvcache.tiers), told of each new leaf and each leaf about to be
+        # evicted while its slots still hold its K/V; None without --cache-dir.
+        self.tier: TierBridge | None = None
         self.reset_state()
 
     def reset_state(self) -> None:
@@ -257,6 +264,8 @@ class RadixCache(PrefixCache):
             values.append(node.value)
             freed += len(node)
             self.evictions.record(node)
+            if self.tier is not None:
+                self.tier.keep(node)  # spill before the slots go back to the pool
             self._remove_leaf(node)  # its parent may become a candidate in turn
         self.pool.free(self._cat(values))
         return freed
@@ -271,6 +280,8 @@ class RadixCache(PrefixCache):
             raise RuntimeError(f"cannot reset: {self._protected} cached tokens are locked")
         self.pool.free(self._cat([n.value for n in self._nodes()]))
         self.reset_state()
+        if self.tier is not None:
+            self.tier.clear()  # a flush drops the lower tier's copies too
 
     # -- integrity -----------------------------------------------------------
 
@@ -371,6 +382,8 @@ class RadixCache(PrefixCache):
         parent.children[ckey] = leaf
         self._add_candidate(leaf)
         self._evictable += len(leaf)
+        if self.tier is not None:
+            self.tier.keep(leaf)  # write-through: the tier queues a copy at once
 
     def _remove_leaf(self, node: TreeNode) -> TreeNode:
         """Unlink an unlocked leaf (its slots are the caller's to free); return its parent."""

@@ -23,6 +23,7 @@ class KVManager:
             raise ValueError("the scheduler runs with page_size 1")
         self.pool = pool
         self.cache = cache
+        self.tier = getattr(cache, "tier", None)  # a lower cache tier (kvcache.tiers), or None
 
     # -- matching and admission ------------------------------------------------
 
@@ -32,9 +33,14 @@ class KVManager:
         The key stops at `req.max_prefix_len()`, so at least one token (and every
         position whose prompt logprobs are wanted) is computed. The result is valid
         until the next allocation or eviction unless `lock_and_allocate` locks it.
+        With a lower cache tier, a prefix it continues is first loaded back into
+        the pool (and the tree), so the match covers it.
         """
         key = req.fill_ids[: req.max_prefix_len()]
-        return self.cache.match_prefix(key, req.extra_key, record=False)
+        m = self.cache.match_prefix(key, req.extra_key, record=False)
+        if self.tier is not None and m.prefix_len < len(key):
+            m = self.tier.load_deeper(key, req.extra_key, m)
+        return m
 
     def available(self) -> int:
         """Slots an allocation could get now: free plus evictable."""

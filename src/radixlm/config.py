@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,8 +16,13 @@ import torch
 
 from radixlm.cpu import native_bf16_flag
 from radixlm.sampling.params import SamplingParams
+from radixlm.server.access import AccessConfig
 
-SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2")
+# Decoder families (models/registry.py holds each one's delta on the shared decoder).
+SUPPORTED_ARCHITECTURES = (
+    "llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3",
+    "mixtral", "qwen2_moe", "qwen3_moe",
+)  # fmt: skip
 QUANTIZATION_MODES = ("auto", "none", "int8", "int4")  # --quantization
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -34,7 +40,7 @@ def parse_dtype(name: str | torch.dtype) -> torch.dtype:
 
 @dataclass(frozen=True)
 class RopeScaling:
-    """Rotary-embedding frequency scaling. `kind` is "linear" or "llama3"."""
+    """Rotary-embedding frequency scaling. `kind` is "linear", "llama3" or "longrope"."""
 
     kind: str
     factor: float = 1.0
@@ -42,6 +48,11 @@ class RopeScaling:
     low_freq_factor: float = 1.0
     high_freq_factor: float = 4.0
     original_max_position_embeddings: int = 8192
+    # longrope only: per-frequency divisors for sequences up to / beyond the original
+    # context, and the cos/sin multiplier (None: derived from the context ratio).
+    short_factor: tuple[float, ...] = ()
+    long_factor: tuple[float, ...] = ()
+    attention_factor: float | None = None
 
     @classmethod
     def from_hf(cls, d: dict[str, Any] | None) -> RopeScaling | None:
@@ -63,7 +74,35 @@ class RopeScaling:
                     d.get("original_max_position_embeddings", 8192)
                 ),
             )
-        raise ValueError(f"unsupported rope_scaling type {kind!r} (supported: linear, llama3)")
+        if kind in ("longrope", "su"):
+            return cls(
+                kind="longrope",
+                short_factor=tuple(float(f) for f in d["short_factor"]),
+                long_factor=tuple(float(f) for f in d["long_factor"]),
+                attention_factor=d.get("attention_factor"),
+                original_max_position_embeddings=int(
+                    d.get("original_max_position_embeddings", 4096)
+                ),
+            )
+        raise ValueError(
+            f"unsupported rope_scaling type {kind!r} (supported: linear, llama3, longrope)"
+        )
+
+
+@dataclass(frozen=True)
+class MoEConfig:
+    """Mixture-of-experts MLPs: each token runs `top_k` of `num_experts` expert MLPs."""
+
+    num_experts: int
+    top_k: int
+    intermediate_size: int  # of one expert
+    norm_topk_prob: bool = True  # renormalise the top-k router probabilities to sum 1
+    shared_intermediate_size: int = 0  # a shared expert every token runs (Qwen2-MoE); 0 = none
+    dense_layers: tuple[int, ...] = ()  # layers with a plain MLP instead
+
+    def __post_init__(self) -> None:
+        if not 0 < self.top_k <= self.num_experts:
+            raise ValueError(f"moe: top_k {self.top_k} must be in [1, {self.num_experts}]")
 
 
 @dataclass(frozen=True)
@@ -84,10 +123,22 @@ class ModelConfig:
     max_position_embeddings: int = 4096
     tie_word_embeddings: bool = False
     attention_bias: bool = False  # bias on q/k/v projections (Qwen2)
-    sliding_window: int | None = None  # recorded for Mistral; contexts are capped at it
+    sliding_window: int | None = None  # W of the sliding layers: a token sees the last W
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()
     name: str = ""
+    # Family deltas on the shared decoder (models/registry.py); the defaults are Llama's.
+    layer_types: tuple[str, ...] = ()  # "full"/"sliding" per layer; () = all sliding if W set
+    qk_norm: bool = False  # RMSNorm over each q and k head before rotary (Qwen3, Gemma 3)
+    norm_offset: float = 0.0  # checkpoint norms scale by (offset + weight) (Gemma: 1)
+    embed_scale: float = 1.0  # embeddings are multiplied by this (Gemma: sqrt(hidden))
+    hidden_act: str = "silu"  # MLP gate activation: "silu" or "gelu_tanh"
+    sandwich_norms: bool = False  # norms after attention and around the MLP (Gemma 2/3)
+    query_pre_attn_scalar: float | None = None  # attention scale = its ** -0.5
+    attn_logit_softcap: float | None = None  # scores -> cap * tanh(scores / cap)
+    final_logit_softcap: float | None = None
+    rope_local_theta: float | None = None  # unscaled rope base of sliding layers (Gemma 3)
+    moe: MoEConfig | None = None  # mixture-of-experts MLPs (Mixtral, Qwen2/3-MoE)
 
     def __post_init__(self) -> None:
         if self.architecture not in SUPPORTED_ARCHITECTURES:
@@ -97,6 +148,21 @@ class ModelConfig:
             )
         if self.num_heads % self.num_kv_heads:
             raise ValueError("num_heads must be a multiple of num_kv_heads")
+        if self.layer_types and len(self.layer_types) != self.num_layers:
+            n = len(self.layer_types)
+            raise ValueError(f"layer_types lists {n} of {self.num_layers} layers")
+        if set(self.layer_types) - {"full", "sliding"}:
+            raise ValueError(f"layer_types must be 'full' or 'sliding', got {self.layer_types}")
+        if self.hidden_act not in ("silu", "gelu_tanh"):
+            raise ValueError(f"unsupported hidden_act {self.hidden_act!r} (silu, gelu_tanh)")
+
+    def layer_window(self, layer: int) -> int | None:
+        """The sliding window of layer `layer`, or None for a full-attention layer."""
+        if not self.sliding_window:
+            return None
+        if self.layer_types and self.layer_types[layer] != "sliding":
+            return None
+        return self.sliding_window
 
     @property
     def q_size(self) -> int:
@@ -109,65 +175,20 @@ class ModelConfig:
     @property
     def context_length(self) -> int:
         """Longest sequence (prompt + output) the model may run."""
-        if self.sliding_window:
-            return min(self.max_position_embeddings, self.sliding_window)
         return self.max_position_embeddings
 
     @classmethod
     def from_hf(
         cls, cfg: dict[str, Any], generation_config: dict[str, Any] | None = None
     ) -> ModelConfig:
-        """Build from a HF `config.json` dict (and optionally `generation_config.json`)."""
-        model_type = cfg.get("model_type", "llama")
-        arch = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2"}.get(model_type)
-        if arch is None:
-            raise ValueError(f"unsupported model_type {model_type!r} in config.json")
-        num_heads = int(cfg["num_attention_heads"])
-        hidden = int(cfg["hidden_size"])
-        head_dim = cfg.get("head_dim") or hidden // num_heads
-        eos = (generation_config or {}).get("eos_token_id", cfg.get("eos_token_id"))
-        rope_scaling = cfg.get("rope_scaling")
-        rope_theta = cfg.get("rope_theta")
-        # transformers 5 nests rope settings under `rope_parameters`.
-        params = cfg.get("rope_parameters")
-        if isinstance(params, dict):
-            rope_theta = params.get("rope_theta", rope_theta)
-            rope_scaling = rope_scaling or params
-        return cls(
-            architecture=arch,
-            vocab_size=int(cfg["vocab_size"]),
-            hidden_size=hidden,
-            intermediate_size=int(cfg["intermediate_size"]),
-            num_layers=int(cfg["num_hidden_layers"]),
-            num_heads=num_heads,
-            num_kv_heads=int(cfg.get("num_key_value_heads") or num_heads),
-            head_dim=int(head_dim),
-            rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-5)),
-            rope_theta=float(rope_theta or 10000.0),
-            rope_scaling=RopeScaling.from_hf(rope_scaling),
-            max_position_embeddings=int(cfg.get("max_position_embeddings", 4096)),
-            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-            attention_bias=arch == "qwen2" or bool(cfg.get("attention_bias", False)),
-            sliding_window=_sliding_window(arch, cfg),
-            bos_token_id=cfg.get("bos_token_id"),
-            eos_token_ids=_as_tuple(eos),
-            name=str(cfg.get("_name_or_path", "")),
-        )
+        """Build from a HF `config.json` dict (and optionally `generation_config.json`).
 
+        Each family's fields are read by `models.registry`; an unsupported
+        `model_type` raises ValueError listing the supported ones.
+        """
+        from radixlm.models.registry import config_from_hf  # imports torch modules lazily
 
-def _sliding_window(arch: str, cfg: dict[str, Any]) -> int | None:
-    if arch == "qwen2" and not cfg.get("use_sliding_window", False):
-        return None
-    window = cfg.get("sliding_window")
-    return int(window) if window else None
-
-
-def _as_tuple(x: int | list[int] | None) -> tuple[int, ...]:
-    if x is None:
-        return ()
-    if isinstance(x, int):
-        return (x,)
-    return tuple(int(i) for i in x)
+        return config_from_hf(cfg, generation_config)
 
 
 @dataclass(frozen=True)
@@ -213,6 +234,48 @@ class LoadConfig:
 
 
 @dataclass(frozen=True)
+class KVEventsConfig:
+    """KV cache events (`kvcache.events`): vLLM's `--kv-events-config` fields, plus `block_size`.
+
+    Events go out as msgpack batches on a ZeroMQ PUB socket bound at `endpoint`; with
+    `replay_endpoint`, a ROUTER socket there resends the last `buffer_steps` batches.
+    `block_size` is the tokens per published block (the router's block size).
+    """
+
+    enable_kv_cache_events: bool = False
+    publisher: str = "zmq"  # "zmq", or "null" (events are tracked but not sent)
+    endpoint: str = "tcp://*:5557"
+    replay_endpoint: str | None = None
+    buffer_steps: int = 10_000
+    hwm: int = 100_000
+    max_queue_size: int = 100_000
+    topic: str = ""
+    block_size: int = 16
+
+    def __post_init__(self) -> None:
+        if self.publisher not in ("zmq", "null"):
+            raise ValueError(f"kv_events_config.publisher: {self.publisher!r} is not zmq or null")
+        for name in ("buffer_steps", "hwm", "max_queue_size", "block_size"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"kv_events_config.{name}: must be a positive integer")
+
+    @classmethod
+    def from_json(cls, text: str) -> KVEventsConfig:
+        """Parse a JSON object of these fields; raises ValueError naming a bad or unknown one."""
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"kv_events_config: not JSON ({e})") from None
+        if not isinstance(obj, dict):
+            raise ValueError("kv_events_config: must be a JSON object")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(obj) - known)
+        if unknown:
+            raise ValueError(f"kv_events_config: unknown field(s) {unknown}")
+        return cls(**obj)
+
+
+@dataclass(frozen=True)
 class CacheConfig:
     """The KV pool's size and the prefix cache's mode."""
 
@@ -221,12 +284,21 @@ class CacheConfig:
     page_size: int = 1
     disable_radix_cache: bool = False
     debug: bool = False  # check every free against an allocation mask (slow)
+    cache_dir: str | None = None  # a disk tier under the pool (kvcache.tiers); None: off
+    cache_dir_max_gb: float = 10.0  # the disk tier's size cap; least recently used goes first
+    kv_events_config: str | None = None  # JSON of KVEventsConfig fields; None: no KV events
 
     def __post_init__(self) -> None:
+        if self.kv_events_config is not None:
+            KVEventsConfig.from_json(self.kv_events_config)  # raises ValueError naming the field
         if self.max_total_tokens is not None and self.max_total_tokens < 16:
             raise ValueError("max_total_tokens: must be at least 16")
         if not 0 < self.mem_fraction < 1:
             raise ValueError("mem_fraction: must be in (0, 1)")
+        if not self.cache_dir_max_gb > 0:
+            raise ValueError("cache_dir_max_gb: must be > 0")
+        if self.cache_dir is not None and self.disable_radix_cache:
+            raise ValueError("cache_dir: needs the radix cache (drop --disable-radix-cache)")
 
 
 class SchedulePolicyName(enum.StrEnum):
@@ -284,9 +356,25 @@ class ChatConfig:
         load = self.load
         return {"model": load.model, "dtype": load.dtype, "device": load.device,
                 "quantization": load.quantization}  # fmt: skip
-    cache_dir: str | None = None  # a disk tier under the pool (kvcache.tiers); None: off
-    cache_dir_max_gb: float = 10.0  # the disk tier's size cap; least recently used goes first
-    kv_events_config: str | None = None  # JSON of KVEventsConfig fields; None: no KV events
+
+
+@dataclass(frozen=True)
+class TraceConfig:
+    """The request trace (`radixlm.trace`): off unless `trace_dir` is set."""
+
+    trace_dir: str | None = None  # one JSON line per finished request, in files here
+    trace_hash: bool = False  # store page hashes instead of token ids (no prompt text)
+    trace_page_size: int = 16  # tokens per hashed page
+    trace_max_mb: float = 64.0  # a file rotates past this size
+    trace_max_files: int = 8  # the newest files kept
+
+    def __post_init__(self) -> None:
+        if self.trace_page_size < 1:
+            raise ValueError("trace_page_size: must be at least 1")
+        if not self.trace_max_mb >= 0.001:
+            raise ValueError("trace_max_mb: must be at least 0.001 (1 KiB)")
+        if self.trace_max_files < 1:
+            raise ValueError("trace_max_files: must be at least 1")
 
 
 @dataclass(frozen=True)
@@ -295,11 +383,8 @@ class EngineConfig:
 
     load: LoadConfig = field(default_factory=LoadConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
-        if not self.cache_dir_max_gb > 0:
-            raise ValueError("cache_dir_max_gb: must be > 0")
-        if self.cache_dir is not None and self.disable_radix_cache:
-            raise ValueError("cache_dir: needs the radix cache (drop --disable-radix-cache)")
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    trace: TraceConfig = field(default_factory=TraceConfig)
     skip_tokenizer_init: bool = False  # token ids in and out only; no text, no stop strings
     queue_timeout: float | None = None  # seconds a request may wait, never admitted
 
@@ -310,7 +395,7 @@ class EngineConfig:
     def options(self) -> dict[str, Any]:
         """Every field as one flat dict (what `build_engine_config` takes), enums as values."""
         flat: dict[str, Any] = {}
-        for section in (self.load, self.cache, self.scheduler):
+        for section in (self.load, self.cache, self.scheduler, self.trace):
             flat |= dataclasses.asdict(section)
         flat |= {"skip_tokenizer_init": self.skip_tokenizer_init,
                  "queue_timeout": self.queue_timeout}  # fmt: skip
@@ -326,9 +411,10 @@ def build_engine_config(**options: Any) -> EngineConfig:
 
     Raises TypeError naming any option no section knows.
     """
-    sections: dict[str, dict[str, Any]] = {"load": {}, "cache": {}, "scheduler": {}}
+    sections: dict[str, dict[str, Any]] = {"load": {}, "cache": {}, "scheduler": {}, "trace": {}}
     top: dict[str, Any] = {}
-    owners = {"load": LoadConfig, "cache": CacheConfig, "scheduler": SchedulerConfig}
+    owners = {"load": LoadConfig, "cache": CacheConfig, "scheduler": SchedulerConfig,
+              "trace": TraceConfig}  # fmt: skip
     for key, value in options.items():
         for name, cls in owners.items():
             if key in _field_names(cls):
@@ -343,6 +429,7 @@ def build_engine_config(**options: Any) -> EngineConfig:
         load=LoadConfig(**sections["load"]),
         cache=CacheConfig(**sections["cache"]),
         scheduler=SchedulerConfig(**sections["scheduler"]),
+        trace=TraceConfig(**sections["trace"]),
         **top,
     )
 
@@ -353,7 +440,7 @@ class ServerConfig:
 
     host: str = "127.0.0.1"
     port: int = 30000
-    api_key: str | None = None
+    access: AccessConfig = field(default_factory=AccessConfig)  # keys, tenants, Host/Origin
     served_model_name: str | None = None  # default: the --model value
     log_level: str = "info"
     disable_request_log: bool = False
@@ -362,6 +449,7 @@ class ServerConfig:
     max_top_logprobs: int = 20  # top_logprobs_num on /generate (OpenAI caps it at 20 too)
     max_queued_requests: int = 1024  # waiting beyond the running ones; then 429
     default_max_tokens: int = 2048  # a chat request without max_tokens (capped by the context)
+    drain_timeout: float = 30.0  # seconds SIGTERM waits for requests in flight
     engine_restart: bool = True  # start a new engine when it dies (else the server exits)
     max_engine_restarts: int = 3  # then the server exits non-zero
     engine: EngineConfig = field(default_factory=EngineConfig)
@@ -377,3 +465,5 @@ class ServerConfig:
                 raise ValueError(f"{name}: must be >= 0")
         if self.max_engine_restarts < 0:
             raise ValueError("max_engine_restarts: must be >= 0")
+        if not self.drain_timeout >= 0:
+            raise ValueError("drain_timeout: must be >= 0 seconds")

@@ -60,6 +60,7 @@ from radixlm.kvcache.prefix_cache import (
 )
 
 if TYPE_CHECKING:
+    from radixlm.kvcache.events import BlockTracker
     from radixlm.kvcache.tiers.bridge import TierBridge
 
 _CHUNK = 64  # tokens compared per C-level tuple comparison when locating a mismatch
@@ -101,6 +102,7 @@ class RadixCache(PrefixCache):
         # A lower tier (kvcache.tiers), told of each new leaf and each leaf about to be
         # evicted while its slots still hold its K/V; None without --cache-dir.
         self.tier: TierBridge | None = None
+        self.events: BlockTracker | None = None  # KV events (kvcache.events); None: off
         self.reset_state()
 
     def reset_state(self) -> None:
@@ -282,6 +284,8 @@ class RadixCache(PrefixCache):
         self.reset_state()
         if self.tier is not None:
             self.tier.clear()  # a flush drops the lower tier's copies too
+        if self.events is not None:
+            self.events.cleared()
 
     # -- integrity -----------------------------------------------------------
 
@@ -384,6 +388,8 @@ class RadixCache(PrefixCache):
         self._evictable += len(leaf)
         if self.tier is not None:
             self.tier.keep(leaf)  # write-through: the tier queues a copy at once
+        if self.events is not None:
+            self.events.stored(leaf)
 
     def _remove_leaf(self, node: TreeNode) -> TreeNode:
         """Unlink an unlocked leaf (its slots are the caller's to free); return its parent."""
@@ -392,6 +398,8 @@ class RadixCache(PrefixCache):
         del parent.children[self._child_key(parent, node.extra_key, node.key, 0)]
         self._leaves.discard(node)
         self._evictable -= len(node)
+        if self.events is not None:
+            self.events.removed(node)  # `node.parent` is still set: its path is known
         if parent is not self.root and not parent.children and parent.lock_ref == 0:
             self._add_candidate(parent)
         return parent

@@ -1,22 +1,20 @@
-"""The FastAPI application: native and OpenAI routes, auth, body limits, error shapes."""
+"""The FastAPI application: native and OpenAI routes behind the guard, error shapes."""
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
-from fastapi.responses import Response
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
-from radixlm.server.errors import ApiError, error_response, install_error_handlers
+from radixlm.server.errors import install_error_handlers
+from radixlm.server.guards import Guard
 from radixlm.server.native_api import router as native_router
 from radixlm.server.openai_api import router as openai_router
 from radixlm.server.state import ServerState
-
-MAX_BODY_BYTES = 32 * 2**20
-OPEN_PATHS = ("/health",)  # answered without an API key (liveness probes)
+from radixlm.server.worker_api import router as worker_router
 
 
 def create_app(state: ServerState) -> FastAPI:
@@ -42,22 +40,13 @@ def create_app(state: ServerState) -> FastAPI:
     app.state.server = state
     install_error_handlers(app)
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next) -> Response:
-        size = request.headers.get("content-length")
-        if size is not None and size.isdigit() and int(size) > MAX_BODY_BYTES:
-            return error_response(ApiError(413, f"the body is over {MAX_BODY_BYTES} bytes"))
-        if request.method == "POST" and "json" not in request.headers.get("content-type", ""):
-            # Bodies are always JSON; accept them from clients that label them otherwise.
-            headers = [(k, v) for k, v in request.scope["headers"] if k != b"content-type"]
-            request.scope["headers"] = [*headers, (b"content-type", b"application/json")]
-        key = state.cfg.api_key
-        if key and request.url.path not in OPEN_PATHS:
-            given = request.headers.get("authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {key}".encode()):
-                return error_response(ApiError(401, "missing or wrong API key"))
-        return await call_next(request)
-
+    app.add_middleware(Guard, access=state.cfg.access, bind_host=state.cfg.host)
+    if state.cfg.access.allowed_origins:
+        # Outermost: CORS preflights from allowed origins are answered before the guard
+        # (browsers send them without credentials); every other request meets the guard.
+        app.add_middleware(CORSMiddleware, allow_origins=list(state.cfg.access.allowed_origins),
+                           allow_methods=["*"], allow_headers=["*"])  # fmt: skip
     app.include_router(native_router)
     app.include_router(openai_router)
+    app.include_router(worker_router)
     return app

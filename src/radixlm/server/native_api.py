@@ -23,8 +23,10 @@ from radixlm.server.dispatch import (
     plan,
 )
 from radixlm.server.errors import ApiError, error_body
+from radixlm.server.guards import caller_of
 from radixlm.server.protocol import AbortRequest, GenerateRequest
 from radixlm.server.state import ServerState
+from radixlm.server.worker_api import parallel_sizes
 
 router = APIRouter()
 
@@ -207,6 +209,7 @@ async def get_server_info(request: Request) -> dict[str, Any]:
         **dataclasses.asdict(state.info),
         "engine_pid": state.info.pid,
         "version": radixlm.__version__,
+        **parallel_sizes(),
         **stats,
     }
 

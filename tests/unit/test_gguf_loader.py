@@ -177,7 +177,9 @@ def test_linear_rope_scaling_and_sliding_window(tmp_path):
     )
     cfg = read_gguf_config(path)
     assert cfg.rope_scaling == RopeScaling("linear", 4.0)
-    assert cfg.sliding_window == 1024 and cfg.context_length == 1024
+    # every layer slides over 1024 tokens; the window does not cap the context
+    assert cfg.sliding_window == 1024 and cfg.layer_window(1) == 1024
+    assert cfg.context_length == 2048
 
 
 def test_unsupported_rope_scaling_is_rejected(tmp_path):

@@ -22,14 +22,24 @@ class AttentionContext(ABC):
 
     @abstractmethod
     def attend(
-        self, layer_id: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float
+        self,
+        layer_id: int,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        scale: float,
+        window: int | None = None,
+        softcap: float | None = None,
     ) -> torch.Tensor:
         """Store the new K/V of layer `layer_id` and return causal attention over each sequence.
 
         q: [T, num_heads, head_dim]; k, v: [T, num_kv_heads, head_dim] — the new
         tokens of the flat batch, rotary embedding already applied. A new token
         attends to its sequence's cached tokens and to the new tokens at or before
-        it. Returns [T, num_heads, head_dim] in q's dtype.
+        it; with a `window` W, only to those less than W positions back (the cache
+        still keeps every token's K/V, so a prefix serves requests of any length).
+        `softcap` c turns each score s into c * tanh(s / c) before the softmax.
+        Returns [T, num_heads, head_dim] in q's dtype.
         """
 
     @property

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from radixlm.attention.base import AttentionContext
+from radixlm.attention.window import masked_attention, visible
 from radixlm.config import ModelConfig
 
 
@@ -49,7 +50,14 @@ class DenseContext(AttentionContext):
         return self._extend_lens
 
     def attend(
-        self, layer_id: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float
+        self,
+        layer_id: int,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        scale: float,
+        window: int | None = None,
+        softcap: float | None = None,
     ) -> torch.Tensor:
         outs = []
         start = 0
@@ -61,7 +69,14 @@ class DenseContext(AttentionContext):
             qs = q[start : start + n].transpose(0, 1).unsqueeze(0)
             ks = cache.k[layer_id, : p + n].transpose(0, 1).unsqueeze(0)
             vs = cache.v[layer_id, : p + n].transpose(0, 1).unsqueeze(0)
-            outs.append(_causal_sdpa(qs, ks, vs, p, scale)[0].transpose(0, 1))
+            if window is None and softcap is None:
+                o = _causal_sdpa(qs, ks, vs, p, scale)
+            else:  # key l visible to query p + j iff 0 <= p + j - l (< window)
+                dev = q.device
+                mask = visible(torch.arange(p, p + n, device=dev), torch.arange(p + n, device=dev),
+                               window)  # fmt: skip
+                o = masked_attention(qs, ks, vs, mask.unsqueeze(0), scale, softcap)
+            outs.append(o[0].transpose(0, 1))
             start += n
         return outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
 

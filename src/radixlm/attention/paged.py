@@ -48,6 +48,7 @@ from radixlm.attention.cascade import (
     split_shared,
 )
 from radixlm.attention.groups import AttentionGroup, build_group, plan_groups
+from radixlm.attention.window import WindowGroup, attend_window_groups, plan_window_groups
 from radixlm.attention.workspace import workspace_for
 from radixlm.kvcache.pool import KVPool
 from radixlm.native import kernels
@@ -244,6 +245,7 @@ class PagedContext(AttentionContext):
             seq_slots, prefix_lens, extend_lens, out_cache_loc,
             pool.shape.num_kv_heads, pool.device, check, cascade, native,
         )  # fmt: skip
+        self._window_plans: dict[int | None, tuple[WindowGroup, ...]] = {}
 
     @property
     def extend_lens(self) -> list[int]:
@@ -255,11 +257,21 @@ class PagedContext(AttentionContext):
         return self.metadata.positions
 
     def attend(
-        self, layer_id: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float
+        self,
+        layer_id: int,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        scale: float,
+        window: int | None = None,
+        softcap: float | None = None,
     ) -> torch.Tensor:
         meta = self.metadata
         self.pool.set_kv(layer_id, meta.out_cache_loc, k, v)
         k_buf, v_buf = self.pool.get_kv(layer_id)
+        if window is not None or softcap is not None:  # see attention.window
+            groups = self._window_groups(window)
+            return attend_window_groups(groups, q, k_buf, v_buf, scale, softcap)
         d = k_buf.shape[-1]
         k_rows, v_rows = k_buf.view(-1, d), v_buf.view(-1, d)  # [slots * Hkv, D]
         if meta.decode is not None:  # keys read in place; [T, H, D] and [T, H] LSE
@@ -283,6 +295,17 @@ class PagedContext(AttentionContext):
                 o = self._attend_group(g, q, k_rows, v_rows, scale)  # [b * Qmax, H, D]
             out.index_copy_(0, g.t_index, o.index_select(0, g.out_index))
         return self._merge_shared(out, lse, q, k_rows, v_rows, scale)
+
+    def _window_groups(self, window: int | None) -> tuple[WindowGroup, ...]:
+        """The padded calls for layers with this window, planned once per forward."""
+        plan = self._window_plans.get(window)
+        if plan is None:
+            meta = self.metadata
+            plan = self._window_plans[window] = plan_window_groups(
+                meta.kv_indices, meta.kv_indptr.tolist(), meta.prefix_lens, meta.extend_lens,
+                window,
+            )  # fmt: skip
+        return plan
 
     def _merge_shared(
         self,

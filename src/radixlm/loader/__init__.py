@@ -12,7 +12,7 @@ import torch
 
 from radixlm.config import LoadConfig, ModelConfig
 from radixlm.loader.quantize import QuantizingLoader, choose_quantization
-from radixlm.models.llama import LlamaForCausalLM, rope_inv_freq
+from radixlm.models.llama import LlamaForCausalLM
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def load_model(load: LoadConfig, progress: bool = True) -> LoadedModel:
     config = read_model_config(path)
     (dtype, why), device = load.dtype_choice(), load.resolved_device()
     start = time.perf_counter()
-    mode, quant_why = choose_quantization(load.quantization, path, dtype, device)
+    mode, quant_why = choose_quantization(load.quantization, path, dtype, device, config)
     with torch.device("meta"):
         model = LlamaForCausalLM(config)
     quantizer = QuantizingLoader(model, mode, dtype) if mode != "none" else None
@@ -102,11 +102,7 @@ def load_model(load: LoadConfig, progress: bool = True) -> LoadedModel:
     if quantizer is not None:
         quantizer.install()
     model = model.eval().requires_grad_(False)
-    # Buffers were left uninitialised on the meta device, and `.to(dtype)` cast
-    # them: recompute the rotary frequencies, which stay float32.
-    model.inv_freq = rope_inv_freq(config.head_dim, config.rope_theta, config.rope_scaling).to(
-        device
-    )
+    model.init_rotary(device)  # float32 tables, built on the meta device at construction
     weights_desc = "dense" if mode == "none" else f"{mode} weight-only ({quant_why})"
     log.info(
         "loaded %s (%s) in %.1fs: %.1f MiB of weights (file %.1f MiB), %s weights, "
@@ -115,19 +111,26 @@ def load_model(load: LoadConfig, progress: bool = True) -> LoadedModel:
         model.memory_bytes() / 2**20, _file_bytes(path) / 2**20, weights_desc,
         str(dtype).removeprefix("torch."), why, device,
     )  # fmt: skip
+    if config.moe is not None:
+        log.info(
+            "mixture of experts: %d experts, %d per token; %.1f MiB of weights active per "
+            "token of %.1f MiB in total", config.moe.num_experts, config.moe.top_k,
+            model.active_memory_bytes() / 2**20, model.memory_bytes() / 2**20,
+        )  # fmt: skip
     return LoadedModel(model=model, config=config, path=path, dtype=dtype, device=device,
                        quantization=mode)  # fmt: skip
 
 
 def _iter_weights(path: Path, config: ModelConfig, progress: bool):
-    """(HF name, float tensor) of every weight in a GGUF file or a HF directory."""
+    """(canonical HF name, float tensor) of every weight in a GGUF file or a HF directory."""
     if path.suffix == ".gguf":
         from radixlm.loader.gguf import iter_gguf_weights
 
         return iter_gguf_weights(path, config, progress=progress)
     from radixlm.loader.hf import iter_hf_weights
+    from radixlm.loader.names import canonical_weights
 
-    return iter_hf_weights(path, progress=progress)
+    return canonical_weights(config, iter_hf_weights(path, progress=progress))
 
 
 def _file_bytes(path: Path) -> int:

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from radixlm.config import ModelConfig
 from radixlm.models.llama import LlamaForCausalLM
 from radixlm.models.quant import (
     Int4Linear,
@@ -53,7 +54,11 @@ def gguf_weight_mode(path: Path) -> str:
 
 
 def choose_quantization(
-    requested: str, path: Path, dtype: torch.dtype, device: torch.device
+    requested: str,
+    path: Path,
+    dtype: torch.dtype,
+    device: torch.device,
+    config: ModelConfig | None = None,
 ) -> tuple[str, str]:
     """(mode "none" | "int8" | "int4", why) for `--quantization requested` (one of
     QUANTIZATION_MODES, checked by LoadConfig) on this model.
@@ -65,6 +70,13 @@ def choose_quantization(
     """
     if requested == "none":
         return "none", "as asked"
+    if config is not None and config.moe is not None:  # experts are stacked, not nn.Linear
+        if requested in ("int8", "int4"):
+            raise ValueError(
+                f"quantization: {requested} weight-only layers do not cover the experts of "
+                f"{config.architecture} (mixture of experts); use --quantization none"
+            )
+        return "none", "auto: mixture-of-experts weights stay dense"
     if device.type != "cpu":
         return "none", f"no weight-only kernels used on {device.type}: dense {dtype}"
     if requested != "auto":

@@ -1,8 +1,12 @@
-"""One decoder for the Llama family: Llama 2/3, Mistral, Qwen2 and SmolLM2.
+"""The shared decoder: Llama 2/3, Mistral, Qwen2/3, Gemma 2/3, Phi-3 and the MoE families.
 
-RMSNorm, rotary embeddings (with linear and llama3 frequency scaling),
-grouped-query attention, SwiGLU MLP. q/k/v and gate/up projections are fused
-into one matmul each; `load_weights` maps Hugging Face tensor names onto them.
+RMSNorm, rotary embeddings, grouped-query attention, a gated MLP. q/k/v and
+gate/up projections are fused into one matmul each (`models.weights` maps
+checkpoint names onto them). Each family is a small delta read from the
+`ModelConfig` (see `models.registry`): q/k norms (Qwen3, Gemma 3), sandwich
+norms, embedding scale, GeGLU, soft-capping and sliding-window layers
+(Gemma), a local rope base (Gemma 3), LongRoPE (Phi-3), and mixture-of-experts
+MLPs (`models.moe`).
 
 The model sees a flat batch: `input_ids` [T] and `positions` [T] for the new
 tokens of every sequence, and an `AttentionContext` that says where each
@@ -11,24 +15,27 @@ sequence's K/V live. It knows nothing about requests.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from radixlm.attention.base import AttentionContext
-from radixlm.config import ModelConfig, RopeScaling
-from radixlm.models.ops import (
-    add_rms_norm,
-    apply_rope_,
-    refine_top_logits,
-    rms_norm,
-    silu_mul,
-)
+from radixlm.config import ModelConfig
+from radixlm.models import weights as W
+from radixlm.models.moe import MoEBlock
+from radixlm.models.ops import add_rms_norm, apply_rope_, refine_top_logits, rms_norm, silu_mul
+from radixlm.models.rope import Rotary, rope_inv_freq
+
+__all__ = ["LlamaForCausalLM", "rope_inv_freq"]
+
+Rope = tuple[torch.Tensor, torch.Tensor]  # (cos, signed sin), each [T, 1, D]
 
 
 class RMSNorm(nn.Module):
+    """weight * x / rms(x). Gemma's (1 + weight) form is folded into the weight at load."""
+
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim))
@@ -43,26 +50,6 @@ class RMSNorm(nn.Module):
         return add_rms_norm(x, delta, self.weight, self.eps)
 
 
-def rope_inv_freq(head_dim: int, theta: float, scaling: RopeScaling | None) -> torch.Tensor:
-    """Inverse frequencies [head_dim // 2] (float32), with the configured scaling applied."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
-    if scaling is None:
-        return inv_freq
-    if scaling.kind == "linear":
-        return inv_freq / scaling.factor
-    # llama3: keep high frequencies, divide low ones by `factor`, blend the band between.
-    low_wavelen = scaling.original_max_position_embeddings / scaling.low_freq_factor
-    high_wavelen = scaling.original_max_position_embeddings / scaling.high_freq_factor
-    wavelen = 2 * math.pi / inv_freq
-    scaled = torch.where(wavelen > low_wavelen, inv_freq / scaling.factor, inv_freq)
-    smooth = (scaling.original_max_position_embeddings / wavelen - scaling.low_freq_factor) / (
-        scaling.high_freq_factor - scaling.low_freq_factor
-    )
-    blended = (1 - smooth) * scaled / scaling.factor + smooth * scaled
-    in_band = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
-    return torch.where(in_band, blended, scaled)
-
-
 class Attention(nn.Module):
     def __init__(self, config: ModelConfig, layer_id: int) -> None:
         super().__init__()
@@ -71,79 +58,124 @@ class Attention(nn.Module):
         self.num_kv_heads = config.num_kv_heads
         self.head_dim = config.head_dim
         self.q_size, self.kv_size = config.q_size, config.kv_size
-        self.scale = config.head_dim**-0.5
+        self.scale = (config.query_pre_attn_scalar or config.head_dim) ** -0.5
+        self.window = config.layer_window(layer_id)
+        self.softcap = config.attn_logit_softcap
         self.qkv_proj = nn.Linear(
             config.hidden_size, self.q_size + 2 * self.kv_size, bias=config.attention_bias
         )
         self.o_proj = nn.Linear(self.q_size, config.hidden_size, bias=False)
+        self.q_norm = self.k_norm = None
+        if config.qk_norm:  # per head, over head_dim, before rotary
+            self.q_norm = RMSNorm(config.head_dim, config.rms_norm_eps)
+            self.k_norm = RMSNorm(config.head_dim, config.rms_norm_eps)
 
-    def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, ctx: AttentionContext
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: Rope, ctx: AttentionContext) -> torch.Tensor:
         t = x.shape[0]
-        qkv = self.qkv_proj(x).view(t, self.num_heads + 2 * self.num_kv_heads, self.head_dim)
-        apply_rope_(qkv, cos, sin, self.num_heads + self.num_kv_heads)  # q and k, in place
-        q, k, v = qkv.split([self.num_heads, self.num_kv_heads, self.num_kv_heads], dim=1)
-        out = ctx.attend(self.layer_id, q, k, v, self.scale)  # [T, H, D]
-        return self.o_proj(out.reshape(t, self.q_size))
+        h, hkv = self.num_heads, self.num_kv_heads
+        qkv = self.qkv_proj(x).view(t, h + 2 * hkv, self.head_dim)
+        if self.q_norm is not None and self.k_norm is not None:  # over [T * heads, D] rows
+            d = self.head_dim
+            qkv[:, :h] = self.q_norm(qkv[:, :h].reshape(-1, d)).view(t, h, d)
+            qkv[:, h : h + hkv] = self.k_norm(qkv[:, h : h + hkv].reshape(-1, d)).view(t, hkv, d)
+        apply_rope_(qkv, rope[0], rope[1], h + hkv)  # q and k, in place
+        q, k, v = qkv.split([h, hkv, hkv], dim=1)
+        out = ctx.attend(self.layer_id, q, k, v, self.scale, self.window, self.softcap)
+        return self.o_proj(out.reshape(t, self.q_size))  # out: [T, H, D]
 
 
 class MLP(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, intermediate_size: int | None = None) -> None:
         super().__init__()
-        self.intermediate_size = config.intermediate_size
-        self.gate_up_proj = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+        inter = intermediate_size or config.intermediate_size
+        self.gelu = config.hidden_act == "gelu_tanh"
+        self.gate_up_proj = nn.Linear(config.hidden_size, 2 * inter, bias=False)
+        self.down_proj = nn.Linear(inter, config.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(silu_mul(self.gate_up_proj(x)))
+        gate_up = self.gate_up_proj(x)
+        if self.gelu:  # GeGLU
+            gate, up = gate_up.chunk(2, dim=-1)
+            return self.down_proj(F.gelu(gate, approximate="tanh") * up)
+        return self.down_proj(silu_mul(gate_up))
+
+
+def _make_mlp(config: ModelConfig, layer_id: int) -> nn.Module:
+    moe = config.moe
+    if moe is None or layer_id in moe.dense_layers:
+        return MLP(config)
+    return MoEBlock(config.hidden_size, moe)
 
 
 class DecoderLayer(nn.Module):
     def __init__(self, config: ModelConfig, layer_id: int) -> None:
         super().__init__()
+        self.sliding = config.layer_window(layer_id) is not None
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.self_attn = Attention(config, layer_id)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.mlp = MLP(config)
+        self.mlp = _make_mlp(config, layer_id)
 
     def forward(
-        self,
-        x: torch.Tensor,
-        delta: torch.Tensor | None,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        ctx: AttentionContext,
+        self, x: torch.Tensor, delta: torch.Tensor | None, rope: Rope, ctx: AttentionContext
     ) -> torch.Tensor:
         """Add the previous layer's output `delta` into the residual stream x (in place),
         and return this layer's output; the caller adds it (into the next layer's norm)."""
         norm = self.input_layernorm
         h = norm(x) if delta is None else norm.add_forward(x, delta)
-        h = self.post_attention_layernorm.add_forward(x, self.self_attn(h, cos, sin, ctx))
+        h = self.post_attention_layernorm.add_forward(x, self.self_attn(h, rope, ctx))
         return self.mlp(h)
 
 
-# HF name suffix -> (our parameter suffix, shard index) for the fused projections.
-_STACKED = {
-    "self_attn.q_proj": ("self_attn.qkv_proj", 0),
-    "self_attn.k_proj": ("self_attn.qkv_proj", 1),
-    "self_attn.v_proj": ("self_attn.qkv_proj", 2),
-    "mlp.gate_proj": ("mlp.gate_up_proj", 0),
-    "mlp.up_proj": ("mlp.gate_up_proj", 1),
-}
+class SandwichDecoderLayer(DecoderLayer):
+    """Gemma 2/3: the attention and MLP outputs are normalised too, before the residual add.
+
+    Here `post_attention_layernorm` normalises the attention output and
+    `pre_feedforward_layernorm` the MLP input (the checkpoint's names).
+    """
+
+    def __init__(self, config: ModelConfig, layer_id: int) -> None:
+        super().__init__(config, layer_id)
+        self.pre_feedforward_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_feedforward_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(
+        self, x: torch.Tensor, delta: torch.Tensor | None, rope: Rope, ctx: AttentionContext
+    ) -> torch.Tensor:
+        norm = self.input_layernorm
+        h = norm(x) if delta is None else norm.add_forward(x, delta)
+        attn = self.post_attention_layernorm(self.self_attn(h, rope, ctx))
+        h = self.pre_feedforward_layernorm.add_forward(x, attn)
+        return self.post_feedforward_layernorm(self.mlp(h))
 
 
 class LlamaForCausalLM(nn.Module):
+    """The decoder of every supported family (the name is kept from its first one)."""
+
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
+        layer_cls = SandwichDecoderLayer if config.sandwich_norms else DecoderLayer
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_layers))
+        self.layers = nn.ModuleList(layer_cls(config, i) for i in range(config.num_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.tie_weights()
-        inv_freq = rope_inv_freq(config.head_dim, config.rope_theta, config.rope_scaling)
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        device = self.embed_tokens.weight.device
+        self.init_rotary(torch.device("cpu") if device.type == "meta" else device)
+
+    def init_rotary(self, device: torch.device) -> None:
+        """(Re)build the rotary tables on `device`: call after moving the model."""
+        c = self.config
+        self.rotary = Rotary(c.head_dim, c.rope_theta, c.rope_scaling, device)
+        self.local_rotary = None
+        if c.rope_local_theta is not None:  # Gemma 3's sliding layers: own base, no scaling
+            self.local_rotary = Rotary(c.head_dim, c.rope_local_theta, None, device)
+
+    @property
+    def inv_freq(self) -> torch.Tensor:
+        """The full-attention layers' inverse rotary frequencies [head_dim // 2] (float32)."""
+        return self.rotary.inv_freq
 
     def tie_weights(self) -> None:
         """Share the output projection with the embedding when the config says so.
@@ -166,16 +198,18 @@ class LlamaForCausalLM(nn.Module):
         input_ids, positions: [T] int64. `logits_indices` selects which of the T
         rows get logits (e.g. the last token of each sequence); None means all.
         """
+        c = self.config
         x = self.embed_tokens(input_ids)  # [T, hidden]
-        freqs = positions.to(torch.float32).unsqueeze(1) * self.inv_freq.unsqueeze(0)  # [T, D/2]
-        emb = torch.cat((freqs, freqs), dim=-1).unsqueeze(1)  # [T, 1, D]
-        half = freqs.shape[-1]
-        sin = emb.sin()
-        sin[..., :half].neg_()  # signed: see ops.apply_rope_
-        cos, sin = emb.cos().to(x.dtype), sin.to(x.dtype)
+        if c.embed_scale != 1.0:
+            x = x * torch.tensor(c.embed_scale, dtype=x.dtype)
+        lens = ctx.extend_lens
+        rope = self.rotary.cos_sin(positions, lens, x.dtype)
+        local = rope  # the sliding layers' tables
+        if self.local_rotary is not None:
+            local = self.local_rotary.cos_sin(positions, lens, x.dtype)
         delta = None
         for layer in self.layers:
-            delta = layer(x, delta, cos, sin, ctx)
+            delta = layer(x, delta, local if layer.sliding else rope, ctx)
         if delta is not None:
             x.add_(delta)
         if logits_indices is not None:
@@ -184,6 +218,9 @@ class LlamaForCausalLM(nn.Module):
         logits = self.lm_head(h).float()
         if h.dtype != torch.float32:  # bf16 rounding of the logits would tie the top tokens
             logits = refine_top_logits(logits, h, self._head_rows)
+        if c.final_logit_softcap:  # monotonic: the refined top stays on top
+            cap = c.final_logit_softcap
+            logits = torch.tanh(logits / cap) * cap
         return logits
 
     def _head_rows(self, idx: torch.Tensor) -> torch.Tensor:
@@ -193,27 +230,20 @@ class LlamaForCausalLM(nn.Module):
             return head.weight[idx].float()
         return head.rows(idx)
 
-    def param_target(self, hf_name: str) -> tuple[str, int | None] | None:
-        """(our parameter name, shard index within a fused projection) for an HF tensor name.
-
-        None for tensors the model does not store (rotary caches, a tied lm_head).
-        """
-        name = hf_name.removeprefix("model.")
-        if "rotary_emb" in name or (name == "lm_head.weight" and self.config.tie_word_embeddings):
-            return None
-        for hf_part, (ours, idx) in _STACKED.items():
-            if f".{hf_part}." in f".{name}":
-                return name.replace(hf_part, ours), idx
-        return name, None
+    def param_target(self, hf_name: str) -> tuple[str, W.ShardKey] | None:
+        """(our parameter name, shard key) for a canonical HF tensor name; see models.weights."""
+        return W.param_target(self.config, hf_name)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Copy HF-named tensors into the model (fusing q/k/v and gate/up); check completeness.
+        """Copy HF-named tensors into the model (fusing and stacking); check completeness.
 
+        Norm weights get the config's `norm_offset` added (Gemma's 1 + weight).
         Modules replaced by quantized ones (`loader.quantize`) have no parameters
         and are neither filled nor checked here.
         """
         params = dict(self.named_parameters(remove_duplicate=False))
-        loaded: set[str] = set()
+        norms = {f"{n}.weight" for n, m in self.named_modules() if isinstance(m, RMSNorm)}
+        loaded: set[tuple[str, W.ShardKey]] = set()
         for hf_name, tensor in weights:
             target_name = self.param_target(hf_name)
             if target_name is None:
@@ -221,39 +251,24 @@ class LlamaForCausalLM(nn.Module):
             name, shard = target_name
             if name not in params:
                 raise ValueError(f"unexpected weight {hf_name!r} for this model")
-            target = params[name].data
-            if shard is not None:
-                target = target.narrow(0, *self.shard_range(name, shard))
+            target = W.shard_view(self.config, name, params[name].data, shard)
             if target.shape != tensor.shape:
                 raise ValueError(
                     f"weight {hf_name!r} has shape {tuple(tensor.shape)}, "
                     f"expected {tuple(target.shape)}"
                 )
+            if name in norms and self.config.norm_offset:
+                tensor = tensor.float() + self.config.norm_offset
             target.copy_(tensor)
-            loaded.add(f"{name}#{shard}")
+            loaded.add((name, shard))
         self._check_complete(loaded)
 
-    def shard_range(self, name: str, shard: int) -> tuple[int, int]:
-        """(first row, rows) of shard `shard` in the fused projection `name`."""
-        c = self.config
-        if "qkv_proj" in name:
-            sizes = [c.q_size, c.kv_size, c.kv_size]
-        else:
-            sizes = [c.intermediate_size, c.intermediate_size]
-        return sum(sizes[:shard]), sizes[shard]
-
-    def _check_complete(self, loaded: set[str]) -> None:
+    def _check_complete(self, loaded: set[tuple[str, W.ShardKey]]) -> None:
         missing = []
-        for name, _ in self.named_parameters():
+        for name, p in self.named_parameters():
             if name == "lm_head.weight" and self.config.tie_word_embeddings:
                 continue
-            if "qkv_proj" in name:
-                keys = [f"{name}#{i}" for i in range(3)]
-            elif "gate_up_proj" in name:
-                keys = [f"{name}#{i}" for i in range(2)]
-            else:
-                keys = [f"{name}#None"]
-            missing += [k for k in keys if k not in loaded]
+            missing += [(name, k) for k in W.expected_shards(name, p) if (name, k) not in loaded]
         if missing:
             raise ValueError(f"checkpoint is missing {len(missing)} weights, e.g. {missing[:3]}")
 
@@ -267,3 +282,13 @@ class LlamaForCausalLM(nn.Module):
             storage = t.untyped_storage()
             seen[storage.data_ptr()] = storage.nbytes()
         return sum(seen.values())
+
+    def active_memory_bytes(self) -> int:
+        """Bytes of the weights one token reads: all of them, less the experts it is not routed
+        to (equal to `memory_bytes` for a dense model)."""
+        idle = 0
+        for m in self.modules():
+            if isinstance(m, MoEBlock):
+                total, active = m.expert_bytes()
+                idle += total - active
+        return self.memory_bytes() - idle

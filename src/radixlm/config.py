@@ -434,6 +434,10 @@ def build_engine_config(**options: Any) -> EngineConfig:
     )
 
 
+TOOL_CALL_PARSERS = ("auto", "hermes", "qwen", "llama3", "mistral", "pythonic")
+REASONING_PARSERS = ("deepseek-r1", "qwen3")
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     """An HTTP server (OpenAI and SGLang APIs) in front of an engine process."""
@@ -452,6 +456,8 @@ class ServerConfig:
     drain_timeout: float = 30.0  # seconds SIGTERM waits for requests in flight
     engine_restart: bool = True  # start a new engine when it dies (else the server exits)
     max_engine_restarts: int = 3  # then the server exits non-zero
+    tool_call_parser: str = "auto"  # how tool calls are read (auto: from the chat template)
+    reasoning_parser: str | None = None  # <think> splitting (deepseek-r1, qwen3); None: off
     engine: EngineConfig = field(default_factory=EngineConfig)
 
     def __post_init__(self) -> None:
@@ -465,5 +471,9 @@ class ServerConfig:
                 raise ValueError(f"{name}: must be >= 0")
         if self.max_engine_restarts < 0:
             raise ValueError("max_engine_restarts: must be >= 0")
+        if self.tool_call_parser not in TOOL_CALL_PARSERS:
+            raise ValueError(f"tool_call_parser: choose from {', '.join(TOOL_CALL_PARSERS)}")
+        if self.reasoning_parser not in (None, *REASONING_PARSERS):
+            raise ValueError(f"reasoning_parser: choose from {', '.join(REASONING_PARSERS)}")
         if not self.drain_timeout >= 0:
             raise ValueError("drain_timeout: must be >= 0 seconds")

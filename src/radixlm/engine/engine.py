@@ -253,7 +253,7 @@ class Engine:
         try:
             rt = build_runtime(self.config, loaded, tokenizer)
             self.loop = EngineLoop(rt.scheduler, rt.tokenizer, self._receive, self._deliver,
-                                   self.config.queue_timeout)  # fmt: skip
+                                   self.config.queue_timeout, trace=rt.trace)  # fmt: skip
         except BaseException as e:
             self._stopped = True
             ready.set_exception(e)

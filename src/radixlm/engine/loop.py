@@ -26,6 +26,7 @@ from radixlm.kvcache.snapshot import tree_snapshot
 from radixlm.scheduler.request import FinishReason
 from radixlm.scheduler.scheduler import Scheduler
 from radixlm.tokenizer import Tokenizer
+from radixlm.trace.writer import TraceWriter
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +46,11 @@ class EngineLoop:
         receive: Callable[[float], list[Any]],
         send: Callable[[list[Any]], None],
         queue_timeout: float | None = None,
+        trace: TraceWriter | None = None,
     ) -> None:
         self.sched = scheduler
+        self.trace = trace  # one line per finished request, when on
+        self.steps = 0  # scheduler steps run: the trace's arrival clock
         self.receive, self.send = receive, send
         self.queue_timeout = queue_timeout
         self.shaper = ResultShaper(tokenizer)
@@ -77,6 +81,9 @@ class EngineLoop:
                 log.exception("the scheduler failed beyond repair; the engine stops")
                 self.fail_all(f"{type(e).__name__}: {e}")
                 raise
+            self.steps += 1
+            if self.trace is not None:
+                self.trace.finished([o.req for o in outputs if o.finished])
             self._send([self.shaper.shape(o) for o in outputs])
 
     def fail_all(self, message: str) -> None:
@@ -105,6 +112,8 @@ class EngineLoop:
             self.sched.add_request(to_req(msg))
         except ValueError as e:
             return [ErrorMsg(msg.rid, str(e))]
+        if self.trace is not None:
+            self.trace.arrived(msg.rid, self.steps)
         self.shaper.start(msg)
         return []
 

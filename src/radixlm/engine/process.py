@@ -117,7 +117,7 @@ def run_engine_process(
         return os.getppid() == parent  # reparented: the server process died
 
     loop = EngineLoop(rt.scheduler, rt.tokenizer, zmq_receiver(inbox), zmq_sender(outbox, alive),
-                      config.queue_timeout)  # fmt: skip
+                      config.queue_timeout, trace=rt.trace)  # fmt: skip
     try:
         loop.run(alive=alive)  # no orphans
     finally:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from radixlm.config import EngineConfig
 from radixlm.grammar import GrammarCache, make_backend
 from radixlm.kvcache.chunk_cache import ChunkCache
+from radixlm.kvcache.events import attach as attach_kv_events
 from radixlm.kvcache.pool import KVPool
 from radixlm.kvcache.prefix_cache import PrefixCache
 from radixlm.kvcache.radix_cache import RadixCache
@@ -18,6 +19,7 @@ from radixlm.scheduler.constraints import Constraints
 from radixlm.scheduler.finisher import Finisher
 from radixlm.scheduler.scheduler import Scheduler
 from radixlm.tokenizer import Tokenizer, load_tokenizer
+from radixlm.trace.writer import TraceWriter, header_for
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +29,7 @@ class Runtime:
     loaded: LoadedModel
     tokenizer: Tokenizer | None
     scheduler: Scheduler
+    trace: TraceWriter | None = None  # the request trace (--trace-dir), off by default
 
 
 def build_runtime(
@@ -50,11 +53,12 @@ def build_runtime(
         page_size=c.page_size, debug=c.debug, **sizing,
     )  # fmt: skip
     cache: PrefixCache = ChunkCache(pool) if c.disable_radix_cache else RadixCache(pool)
-    eos = tuple(dict.fromkeys(
-        (tokenizer.eos_token_ids if tokenizer else ()) + loaded.config.eos_token_ids
+    attach_kv_events(cache, c.kv_events_config)  # KV events (kvcache.events), if asked
     if c.cache_dir is not None and isinstance(cache, RadixCache):
         attach_disk_tier(cache, c.cache_dir, c.cache_dir_max_gb, loaded.path,
                          loaded.quantization, loaded.device)  # fmt: skip
+    eos = tuple(dict.fromkeys(
+        (tokenizer.eos_token_ids if tokenizer else ()) + loaded.config.eos_token_ids
     ))  # fmt: skip
     finisher = Finisher(tokenizer, eos, loaded.config.context_length)
     constraints = _constraints(config, loaded, tokenizer, eos)
@@ -64,7 +68,20 @@ def build_runtime(
         pool.total, pool.total * pool.shape.bytes_per_token / 2**20,
         "off" if c.disable_radix_cache else "on", config.scheduler.schedule_policy.value,
     )  # fmt: skip
-    return Runtime(loaded, tokenizer, scheduler)
+    return Runtime(loaded, tokenizer, scheduler, _trace_writer(config, loaded, scheduler))
+
+
+def _trace_writer(
+    config: EngineConfig, loaded: LoadedModel, scheduler: Scheduler
+) -> TraceWriter | None:
+    """The request trace of `config.trace`, or None when it is off."""
+    t = config.trace
+    if t.trace_dir is None:
+        return None
+    header = header_for(str(loaded.path), scheduler.kv.pool.total, scheduler.capacity,
+                        config.scheduler, t.trace_hash, t.trace_page_size)  # fmt: skip
+    log.info("request trace in %s%s", t.trace_dir, " (page hashes)" if t.trace_hash else "")
+    return TraceWriter(t.trace_dir, header, int(t.trace_max_mb * 2**20), t.trace_max_files)
 
 
 def _constraints(

@@ -1,0 +1,1 @@
+"""The cache doctor: replay a request trace through the real cache, and explain its hit rate."""

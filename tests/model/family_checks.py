@@ -39,7 +39,7 @@ def ref_incremental_logits(ref, ids: list[int], prefill: int) -> torch.Tensor:
         out = ref(torch.tensor([ids[:prefill]]), use_cache=True)
         rows.append(out.logits[0])
         for t in ids[prefill:]:
-            out = ref(torch.tensor([[t]]), past_key_values=out.past_key_values, use_cache=True)
+            out = ref(torch.tensor([[t]]), cache=out.past_key_values, use_cache=True)
             rows.append(out.logits[0])
     return torch.cat(rows).float()
 

@@ -1,0 +1,118 @@
+"""Mixture-of-experts layers: routing as transformers, batched experts, memory accounting."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+
+import pytest
+import torch
+from family_checks import TOL, load_pair
+from helpers.reference import full_logits, tokens
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from radixlm.config import LoadConfig
+from radixlm.loader import load_model
+from radixlm.models.moe import ExpertGroup, MoEBlock
+
+MOE = ["mixtral", "qwen2_moe", "qwen3_moe"]
+
+
+class _CountOps(TorchDispatchMode):
+    """Counts every aten operation run inside the mode."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops[str(func)] += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("variant", MOE)
+def test_routing_picks_transformers_top_k_experts(tiny_model_factory, variant):
+    ours, ref = load_pair(tiny_model_factory(variant))
+    x = torch.randn(256, ours.config.hidden_size, generator=torch.Generator().manual_seed(1))
+    for layer in (0, ours.config.num_layers - 1):
+        block = ours.model.layers[layer].mlp
+        if not isinstance(block, MoEBlock):
+            continue
+        weights, ids = block.gate(x)
+        with torch.no_grad():
+            _, ref_weights, ref_ids = ref.model.layers[layer].mlp.gate(x)
+        assert torch.equal(ids, ref_ids)  # the same experts, in the same order
+        torch.testing.assert_close(weights, ref_weights.float(), rtol=0, atol=1e-6)
+    assert ours.config.moe is not None
+    if ours.config.moe.norm_topk_prob:
+        torch.testing.assert_close(weights.sum(-1), torch.ones(256), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("variant", MOE)
+def test_moe_block_output_equals_transformers(tiny_model_factory, variant):
+    ours, ref = load_pair(tiny_model_factory(variant))
+    x = torch.randn(1, 64, ours.config.hidden_size, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected = ref.model.layers[0].mlp(x)[0]
+        got = ours.model.layers[0].mlp(x[0])
+    assert (got - expected).abs().max().item() <= TOL
+
+
+def test_expert_work_does_not_grow_with_the_tokens(tiny_model_factory):
+    """64 tokens run the same operations as 8: one step per expert, none per token."""
+    ours, _ = load_pair(tiny_model_factory("qwen3_moe"))
+    counts = []
+    for n in (8, 64):
+        ids = tokens(n, seed=n, vocab=ours.config.vocab_size)
+        with _CountOps() as mode:
+            full_logits(ours, ids)
+        counts.append(mode.ops)
+    assert counts[0] == counts[1]
+    # and the expert matmuls are one gate/up and one down per expert per MoE layer
+    moe_layers = sum(isinstance(layer.mlp, MoEBlock) for layer in ours.model.layers)
+    assert moe_layers == 2 and ours.config.moe is not None
+    experts = ours.config.moe.num_experts
+    dense_linears = ours.config.num_layers * 2 + 1 + 2  # qkv + o per layer, head, dense MLP
+    assert counts[1]["aten.mm.default"] + counts[1]["aten.addmm.default"] <= (
+        dense_linears + moe_layers * (1 + 2 * experts)
+    )
+
+
+def test_a_group_of_some_experts_adds_only_its_own(tiny_model_factory):
+    """Experts split over two groups (two ranks, later) sum to the whole layer's output."""
+    ours, _ = load_pair(tiny_model_factory("mixtral"))
+    block = ours.model.layers[0].mlp
+    moe = ours.config.moe
+    assert isinstance(block, MoEBlock) and moe is not None
+    x = torch.randn(32, ours.config.hidden_size, generator=torch.Generator().manual_seed(3))
+    weights, ids = block.gate(x)
+    halves = []
+    for first, count in ((0, 2), (2, moe.num_experts - 2)):
+        group = ExpertGroup(ours.config.hidden_size, moe, first, count)
+        group.w13.data.copy_(block.experts.w13[first : first + count])
+        group.w2.data.copy_(block.experts.w2[first : first + count])
+        halves.append(group(x, weights, ids))
+    torch.testing.assert_close(halves[0] + halves[1], block.experts(x, weights, ids))
+
+
+def test_active_and_total_weight_memory_logged(tiny_model_factory, caplog):
+    path = tiny_model_factory("qwen3_moe")
+    with caplog.at_level(logging.INFO, logger="radixlm.loader"):
+        loaded = load_model(LoadConfig(model=str(path), dtype="float32"), progress=False)
+    moe = loaded.config.moe
+    assert moe is not None
+    h = loaded.config.hidden_size
+    per_layer = moe.num_experts * 3 * moe.intermediate_size * h * 4  # float32 experts
+    idle = 2 * per_layer * (moe.num_experts - moe.top_k) // moe.num_experts
+    assert loaded.model.active_memory_bytes() == loaded.memory_bytes - idle
+    assert "active per token" in caplog.text
+
+
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_quantized_moe_is_refused_clearly(tiny_model_factory, mode):
+    path = tiny_model_factory("mixtral")
+    with pytest.raises(ValueError, match="mixture of experts"):
+        load_model(LoadConfig(model=str(path), dtype="bfloat16", quantization=mode),
+                   progress=False)  # fmt: skip
+    auto = load_model(LoadConfig(model=str(path), dtype="bfloat16"), progress=False)
+    assert auto.quantization == "none"

@@ -1,6 +1,8 @@
 """`radixlm` console entry point: parse flags, dispatch to a subcommand.
 
-`radixlm serve` runs the HTTP server (see `radixlm.server.launch`); `radixlm chat`
+`radixlm serve` runs the HTTP server (see `radixlm.server.launch`; with `--dp N`, N of
+them behind a router, see `radixlm.scaleout`); `radixlm router` runs a router in front
+of workers elsewhere; `radixlm chat`
 and `radixlm generate` talk to the model in the terminal; `radixlm bench` measures a
 server (see `radixlm.bench`).
 """
@@ -23,6 +25,8 @@ from radixlm.args import (
     bench_config_from_args,
     build_parser,
     chat_config_from_args,
+    dp_config_from_args,
+    router_config_from_args,
     server_config_from_args,
 )
 
@@ -46,7 +50,18 @@ def main(argv: list[str] | None = None) -> int:
     if ns.command == "serve":
         from radixlm.server.launch import run_server
 
-        return run_server(config(server_config_from_args))
+        cfg = config(server_config_from_args)  # checks the flags every worker gets
+        if ns.dp > 1:
+            from radixlm.scaleout.launcher import run_dp
+
+            args = sys.argv[1:] if argv is None else argv
+            serve_argv = args[args.index("serve") + 1 :]
+            return run_dp(config(lambda n: dp_config_from_args(n, serve_argv)))
+        return run_server(cfg)
+    if ns.command == "router":
+        from radixlm.scaleout.launcher import run_router
+
+        return run_router(config(router_config_from_args))
     if ns.command in ("chat", "generate"):
         from radixlm.chat import run_chat
         from radixlm.loader import ModelNotFoundError
@@ -60,6 +75,13 @@ def main(argv: list[str] | None = None) -> int:
         from radixlm.bench.main import run_bench
 
         return run_bench(config(bench_config_from_args))
+    if ns.command in ("replay", "doctor"):
+        from radixlm.args import doctor_config_from_args, replay_config_from_args
+        from radixlm.doctor.main import run_doctor, run_replay
+
+        if ns.command == "replay":
+            return run_replay(config(replay_config_from_args))
+        return run_doctor(config(doctor_config_from_args))
     parser.error(f"unknown command {ns.command!r}")
     return 2
 

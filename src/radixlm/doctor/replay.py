@@ -45,8 +45,9 @@ _SHAPE = PoolShape(1, 1, 1, torch.float16)  # 4 bytes of K/V per slot: storage i
 class LedgerRadixCache(RadixCache):
     """The real `RadixCache`, which also books who evicted whose tokens.
 
-    Set `actor` to the tenant whose allocation runs; each evicted leaf adds its
-    length to `evicted[(actor, leaf's namespace)]`.
+    `actor` is the tenant whose allocation runs (`LedgerKVManager` sets it; None for
+    a decode step of several tenants); each evicted leaf adds its length to
+    `evicted[(actor, leaf's namespace)]`.
     """
 
     def __init__(self, pool: KVPool) -> None:
@@ -57,6 +58,25 @@ class LedgerRadixCache(RadixCache):
     def _remove_leaf(self, node: TreeNode) -> TreeNode:
         self.evicted[(self.actor, node.extra_key)] += len(node)
         return super()._remove_leaf(node)
+
+
+class LedgerKVManager(KVManager):
+    """The real `KVManager`, which tells the cache whose allocation may evict."""
+
+    cache: LedgerRadixCache
+
+    def lock_and_allocate(self, req: Req, m: Any, extend_len: int) -> bool:
+        self.cache.actor = req.extra_key
+        return super().lock_and_allocate(req, m, extend_len)
+
+    def extend(self, req: Req, n: int) -> bool:
+        self.cache.actor = req.extra_key
+        return super().extend(req, n)
+
+    def reserve_decode(self, reqs: list[Req], sizes: list[int]) -> bool:
+        tenants = {r.extra_key for r in reqs}
+        self.cache.actor = tenants.pop() if len(tenants) == 1 else None  # None: several
+        return super().reserve_decode(reqs, sizes)
 
 
 @dataclass
@@ -98,7 +118,7 @@ class Replay:
         units = max(cache_tokens // unit, 16)
         self.pool = KVPool(_SHAPE, units)
         self.cache = LedgerRadixCache(self.pool)
-        self.kv = KVManager(self.pool, self.cache)
+        self.kv = LedgerKVManager(self.pool, self.cache)
         c = self.cfg
         self.policy = SchedulePolicy(c.schedule_policy, self.kv.match, self.cache.root,
                                      c.fcfs_fallback_queue_len, c.seed)  # fmt: skip
@@ -151,7 +171,6 @@ class Replay:
 
     def _step(self) -> None:
         if self.waiting or self.chunked:
-            self.cache.actor = None
             ordered = self.policy.order(self.waiting)
             batch = self.adder.build(ordered, self.running, self.chunked, self.ratio)
             if batch:
@@ -189,7 +208,6 @@ class Replay:
     def _decode(self) -> None:
         k = self._jump()
         if k > 1:
-            self.cache.actor = None
             ok = self.kv.reserve_decode(self.running, [k] * len(self.running))
             assert ok, "a jump is taken only when its slots fit"
         elif not self._reserve_one():
@@ -215,7 +233,6 @@ class Replay:
 
     def _reserve_one(self) -> bool:
         """One slot for every running request, retracting as `Scheduler` does when short."""
-        self.cache.actor = None
         while self.running:
             if self.kv.reserve_decode(self.running, [1] * len(self.running)):
                 return True
@@ -246,7 +263,6 @@ class Replay:
 
     def _finish(self, req: Req) -> None:
         req.finish(FinishReason("length", length=len(req.output_ids)))
-        self.cache.actor = None
         self.kv.release(req)
         req.state = ReqState.FINISHED
         if req in self.running:

@@ -14,6 +14,8 @@ from radixlm.server.guards import Guard
 from radixlm.server.native_api import router as native_router
 from radixlm.server.openai_api import router as openai_router
 from radixlm.server.state import ServerState
+from radixlm.server.trace_api import router as trace_router
+from radixlm.server.util_api import router as util_router
 from radixlm.server.worker_api import router as worker_router
 
 
@@ -48,5 +50,7 @@ def create_app(state: ServerState) -> FastAPI:
                            allow_methods=["*"], allow_headers=["*"])  # fmt: skip
     app.include_router(native_router)
     app.include_router(openai_router)
+    app.include_router(util_router)
     app.include_router(worker_router)
+    app.include_router(trace_router)
     return app

@@ -24,6 +24,7 @@ from radixlm.doctor.spans import Prompt
 
 K = 16  # units per window
 MIN_PART = 32  # the shortest part worth reporting (units)
+HEAD = 32  # units of a part decoded as its label
 
 
 @dataclass
@@ -97,7 +98,7 @@ def analyze_order(prompts: Sequence[Prompt], tokenizer: Any | None,
         for i, runs in layout.items():
             for pid, lo, _ in runs:
                 if parts[pid].head is None:
-                    parts[pid].head = tokenizer.decode_raw(units[i][lo : lo + 12])
+                    parts[pid].head = tokenizer.decode_raw(units[i][lo : lo + HEAD])
     return result
 
 

@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Sequence
@@ -73,6 +74,11 @@ class Tokenizer:
         if isinstance(template, dict):  # several named templates: the default one
             template = template.get("default")
         return template or None
+
+    @property
+    def supports_tools(self) -> bool:
+        """Whether the chat template renders `tools=` (it reads a `tools` variable)."""
+        return bool(re.search(r"\btools\b", self.chat_template or ""))
 
     # --- text <-> ids -----------------------------------------------------------------
 

@@ -12,12 +12,16 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from radixlm.engine.messages import GenerateMsg
 from radixlm.engine.requests import RequestOptions
+from radixlm.server.chat_output import ChoiceOutput, chat_delta
+from radixlm.server.chat_request import chat_prompt, choice_outputs, tool_sampling
 from radixlm.server.dispatch import collect_unless_gone, merged, plan
 from radixlm.server.errors import ApiError, error_body
+from radixlm.server.guards import caller_of
 from radixlm.server.native_api import sse
 from radixlm.server.openai_format import (
     chat_logprobs,
     completion_logprobs,
+    echo_logprobs,
     finish_reason,
     usage,
 )
@@ -28,7 +32,8 @@ from radixlm.server.protocol import (
     _OpenAISampling,
 )
 from radixlm.server.state import ServerState
-from radixlm.tokenizer import ChatTemplateError
+from radixlm.server.tools.request import ToolRequest
+from radixlm.server.util_api import model_card
 
 router = APIRouter()
 
@@ -95,19 +100,7 @@ def _max_tokens(state: ServerState, requested: int | None, prompts: list[list[in
 async def list_models(request: Request) -> dict[str, Any]:
     """The one served model, in OpenAI's list shape."""
     state: ServerState = request.app.state.server
-    return {
-        "object": "list",
-        "data": [
-            {
-                "id": state.model_name,
-                "object": "model",
-                "created": int(state.started_at),
-                "owned_by": "radixlm",
-                "root": state.info.model_path,
-                "max_model_len": state.max_request_tokens,
-            }
-        ],
-    }
+    return {"object": "list", "data": [model_card(state)]}
 
 
 def _completion_prompts(state: ServerState, prompt: Any) -> list[list[int]]:
@@ -124,6 +117,7 @@ def _completion_prompts(state: ServerState, prompt: Any) -> list[list[int]]:
         if isinstance(p, str):
             if not p:
                 raise ApiError(400, "prompt: the prompt is empty", param="prompt")
+            state.check_text_size(len(p), "prompt")
             out.append(state.tokenizer.encode(p))
         else:
             if any(not 0 <= t < vocab for t in p):
@@ -132,37 +126,54 @@ def _completion_prompts(state: ServerState, prompt: Any) -> list[list[int]]:
     return out
 
 
+def _echoed(state: ServerState, body: CompletionRequest, prompts: list[list[int]]) -> list[str]:
+    """Per choice (n per prompt): the prompt text `echo` puts before the completion."""
+    if not body.echo:
+        return [""] * (len(prompts) * body.n)
+    raw = body.prompt
+    texts = raw if isinstance(raw, list) and raw and isinstance(raw[0], str) else None
+    if isinstance(raw, str):
+        texts = [raw]
+    if texts is None:
+        texts = [state.tokenizer.decode(p, skip_special_tokens=False) for p in prompts]
+    return [t for t in texts for _ in range(body.n)]
+
+
 @router.post("/v1/completions")
 async def completions(request: Request, body: CompletionRequest) -> Response:
     """OpenAI text completions: one choice per prompt and sample, or an SSE stream."""
     state: ServerState = request.app.state.server
     client = state.engine()
     state.check_model(body.model)
-    if body.echo:
-        raise ApiError(400, "echo: not supported", param="echo")
+    if body.echo and body.stream and body.logprobs is not None:
+        raise ApiError(400, "echo: prompt logprobs are not streamed; drop stream or logprobs",
+                       param="echo")  # fmt: skip
     if body.suffix:
         raise ApiError(400, "suffix: not supported", param="suffix")
-    prompts = _completion_prompts(state, body.prompt)
+    prompts = await state.off_loop(_completion_prompts, state, body.prompt)
     sp = _sampling(body, _max_tokens(state, body.max_tokens, prompts))
     lp = RequestOptions(
         return_logprob=body.logprobs is not None,
+        logprob_start_len=0 if body.echo else -1,  # echo: the prompt's logprobs too
         top_logprobs_num=body.logprobs or 0,
         return_text_in_logprobs=True,
         cache_salt=body.cache_salt,
     )
+    echoed = _echoed(state, body, prompts)
     msgs = plan(state, prompts, [sp] * len(prompts), [None] * len(prompts), lp, "prompt",
-                _field_names(body))  # fmt: skip
+                _field_names(body), caller_of(request))  # fmt: skip
     rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
     head = {"id": rid, "object": "text_completion", "created": created, "model": state.model_name}
     if body.stream:
-        events = _stream(state, msgs, head, body, chat=False)
+        events = _stream(state, msgs, head, body, chat=False, echoed=echoed)
         return StreamingResponse(events, media_type="text/event-stream")
     results = await collect_unless_gone(request, client, msgs)
+    lp_of = echo_logprobs if body.echo else (lambda meta: meta)
     choices = [
         {
             "index": i,
-            "text": r["text"],
-            "logprobs": completion_logprobs(r["meta_info"]) if lp.return_logprob else None,
+            "text": echoed[i] + r["text"],
+            "logprobs": completion_logprobs(lp_of(r["meta_info"])) if lp.return_logprob else None,
             "finish_reason": finish_reason(r["meta_info"]),
         }
         for i, r in enumerate(results)
@@ -170,26 +181,10 @@ async def completions(request: Request, body: CompletionRequest) -> Response:
     return JSONResponse({**head, "choices": choices, "usage": usage(results, body.n)})
 
 
-def _chat_prompt(state: ServerState, body: ChatCompletionRequest) -> list[int]:
-    """The prompt ids the chat template makes of the messages; 400 when it cannot."""
-    messages = []
-    for i, m in enumerate(body.messages):
-        content = m.content
-        if isinstance(content, list):
-            parts = []
-            for part in content:
-                if part.get("type") != "text" or not isinstance(part.get("text"), str):
-                    raise ApiError(400, f"messages.{i}.content: only text parts are supported",
-                                   param=f"messages.{i}.content")  # fmt: skip
-                parts.append(part["text"])
-            content = "".join(parts)
-        messages.append({"role": m.role, "content": content or ""})
-    try:
-        return state.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
-    except ChatTemplateError as e:
-        raise ApiError(400, str(e), param="messages") from None
-    except Exception as e:  # the template itself raised (e.g. roles out of order)
-        raise ApiError(400, f"messages: the chat template failed: {e}", param="messages") from None
+def _chat_prompt(state: ServerState, body: ChatCompletionRequest, tools: ToolRequest
+                 ) -> list[int]:  # fmt: skip
+    """The prompt ids the chat template makes of the messages and tools; 400 when it cannot."""
+    return chat_prompt(state, body, tools)
 
 
 @router.post("/v1/chat/completions")
@@ -198,39 +193,48 @@ async def chat_completions(request: Request, body: ChatCompletionRequest) -> Res
     state: ServerState = request.app.state.server
     client = state.engine()
     state.check_model(body.model)
-    ids = _chat_prompt(state, body)
+    state.check_text_size(sum(len(str(m.content or "")) for m in body.messages), "messages")
+    tools = ToolRequest.from_body(body)
+    ids = await state.off_loop(_chat_prompt, state, body, tools)
     requested = body.max_completion_tokens or body.max_tokens
     sp = _sampling(body, _max_tokens(state, requested, [ids]))
+    sp.update(tool_sampling(state, body, tools))
     lp = RequestOptions(
         return_logprob=bool(body.logprobs),
         top_logprobs_num=(body.top_logprobs or 0) if body.logprobs else 0,
         return_text_in_logprobs=True,
         cache_salt=body.cache_salt,
     )
-    msgs = plan(state, [ids], [sp], [None], lp, "messages", _field_names(body))
+    msgs = plan(state, [ids], [sp], [None], lp, "messages", _field_names(body),
+                caller_of(request))  # fmt: skip
     rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     head = {"id": rid, "object": "chat.completion", "created": created, "model": state.model_name}
+    outputs = choice_outputs(state, body, tools, len(msgs))
     if body.stream:
         head["object"] = "chat.completion.chunk"
-        events = _stream(state, msgs, head, body, chat=True)
+        events = _stream(state, msgs, head, body, chat=True, outputs=outputs)
         return StreamingResponse(events, media_type="text/event-stream")
     results = await collect_unless_gone(request, client, msgs)
     choices = [
         {
             "index": i,
-            "message": {"role": "assistant", "content": r["text"]},
+            "message": out.message(r["text"]),
             "logprobs": chat_logprobs(r["meta_info"]) if lp.return_logprob else None,
-            "finish_reason": finish_reason(r["meta_info"]),
+            "finish_reason": out.finish_reason(finish_reason(r["meta_info"])),
         }
-        for i, r in enumerate(results)
+        for i, (r, out) in enumerate(zip(results, outputs, strict=True))
     ]
     return JSONResponse({**head, "choices": choices, "usage": usage(results, body.n)})
 
 
 async def _stream(
-    state: ServerState, msgs: list[GenerateMsg], head: dict, body: _OpenAISampling, chat: bool
+    state: ServerState, msgs: list[GenerateMsg], head: dict, body: _OpenAISampling, chat: bool,
+    outputs: list[ChoiceOutput] | None = None, echoed: list[str] | None = None,
 ) -> AsyncIterator[str]:
-    """SSE chunks in OpenAI's streaming shape, then usage if asked, then `[DONE]`."""
+    """SSE chunks in OpenAI's streaming shape, then usage if asked, then `[DONE]`.
+
+    Chat chunks carry what each choice's `ChoiceOutput` made of the text (content,
+    reasoning, tool-call fragments); a chunk with nothing to say is not sent."""
     if chat:
         for i in range(len(msgs)):
             choice = {"index": i, "delta": {"role": "assistant", "content": ""},
@@ -247,10 +251,16 @@ async def _stream(
                    "output_top_logprobs": chunk.output_top_logprobs}  # fmt: skip
         choice: dict[str, Any] = {"index": i, "finish_reason": finish_reason(meta)}
         if chat:
-            choice["delta"] = {"content": chunk.text_delta}
+            assert outputs is not None
+            choice["delta"], choice["finish_reason"] = chat_delta(outputs[i], chunk.text_delta,
+                                                                  choice["finish_reason"])
             choice["logprobs"] = chat_logprobs(lp_meta) if msgs[i].return_logprob else None
+            if not (choice["delta"] or choice["logprobs"] or choice["finish_reason"]):
+                continue
         else:
-            choice["text"] = chunk.text_delta
+            choice["text"] = (echoed[i] if echoed else "") + chunk.text_delta
+            if echoed:
+                echoed[i] = ""  # the prompt comes once, before the choice's first text
             logprobs = completion_logprobs(lp_meta) if msgs[i].return_logprob else None
             choice["logprobs"] = logprobs
         yield sse({**head, "choices": [choice]})

@@ -34,6 +34,19 @@ def _tops(meta: dict[str, Any]) -> list[list[list[Any]]]:
     return [(tops[i] if i < len(tops) and tops[i] else []) for i in range(len(entries))]
 
 
+def echo_logprobs(meta: dict[str, Any]) -> dict[str, Any]:
+    """`meta` with the prompt's logprob entries before the output's (for `echo`); the first
+    prompt token has no logprob (None)."""
+    inputs = meta.get("input_token_logprobs") or []
+    tops = meta.get("input_top_logprobs") or []
+    tops = [(tops[i] if i < len(tops) else None) for i in range(len(inputs))]
+    out_tops = meta.get("output_top_logprobs") or []
+    out = meta.get("output_token_logprobs") or []
+    out_tops = [(out_tops[i] if i < len(out_tops) else None) for i in range(len(out))]
+    return {**meta, "output_token_logprobs": [*inputs, *out],
+            "output_top_logprobs": [*tops, *out_tops]}  # fmt: skip
+
+
 def completion_logprobs(meta: dict[str, Any]) -> dict[str, Any]:
     """The legacy completions `logprobs` object: tokens, token_logprobs, top_logprobs, offsets."""
     entries = meta.get("output_token_logprobs") or []

@@ -6,9 +6,11 @@ them, so its messages name the field exactly as SGLang does.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, Strict
+
+TokenId = Annotated[int, Strict()]  # JSON `false` is not token 0
 
 
 class _Body(BaseModel):
@@ -19,7 +21,7 @@ class GenerateRequest(_Body):
     """`POST /generate` (SGLang native)."""
 
     text: str | list[str] | None = None
-    input_ids: list[int] | list[list[int]] | None = None
+    input_ids: list[TokenId] | list[list[TokenId]] | None = None
     sampling_params: dict[str, Any] | list[dict[str, Any]] | None = None
     return_logprob: bool | None = None
     logprob_start_len: int | None = None
@@ -66,7 +68,7 @@ class _OpenAISampling(_Body):
     frequency_penalty: float | None = None
     repetition_penalty: float | None = None
     stop: str | list[str] | None = None
-    stop_token_ids: list[int] | None = None
+    stop_token_ids: list[TokenId] | None = None
     seed: int | None = None
     logit_bias: dict[str, float] | None = None
     min_tokens: int | None = None
@@ -85,17 +87,54 @@ class _OpenAISampling(_Body):
 class CompletionRequest(_OpenAISampling):
     """`POST /v1/completions`."""
 
-    prompt: str | list[str] | list[int] | list[list[int]]
+    prompt: str | list[str] | list[TokenId] | list[list[TokenId]]
     max_tokens: int | None = Field(default=16, ge=1)
     logprobs: int | None = Field(default=None, ge=0, le=20)
     echo: bool = False
     suffix: str | None = None
 
 
+class FunctionCallIn(_Body):
+    name: str
+    arguments: str = "{}"  # JSON text of an object, as the model wrote it
+
+
+class ToolCallIn(_Body):
+    """A call an earlier assistant turn made (sent back in the history)."""
+
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCallIn
+
+
 class ChatMessage(_Body):
     role: Literal["system", "user", "assistant", "tool", "developer"]
     content: str | list[dict[str, Any]] | None = None
     name: str | None = None
+    tool_calls: list[ToolCallIn] | None = None  # assistant turns
+    tool_call_id: str | None = None  # tool turns: the call this answers
+    reasoning_content: str | None = None  # assistant turns; not rendered into the prompt
+
+
+class FunctionDef(_Body):
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None  # a JSON Schema of the arguments object
+    strict: bool | None = None  # arguments are always enforced under required/named
+
+
+class ToolDef(_Body):
+    type: Literal["function"] = "function"
+    function: FunctionDef
+
+
+class NamedFunction(_Body):
+    name: str
+
+
+class NamedToolChoice(_Body):
+    type: Literal["function"] = "function"
+    function: NamedFunction
 
 
 class ChatCompletionRequest(_OpenAISampling):
@@ -106,3 +145,7 @@ class ChatCompletionRequest(_OpenAISampling):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    tools: list[ToolDef] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool = True
+    separate_reasoning: bool = True  # with --reasoning-parser: reasoning_content apart

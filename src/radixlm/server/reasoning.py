@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import re
 
+from radixlm.config import REASONING_PARSERS
 from radixlm.server.tools.base import partial_suffix
 
 OPEN, CLOSE = "<think>", "</think>"
-REASONING_PARSERS = ("deepseek-r1", "qwen3")
 _LEAD_WS = re.compile(r"\s*")
 
 Piece = tuple[str, str]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
+from radixlm.config import TOOL_CALL_PARSERS
 from radixlm.server.tools.base import ToolParser
 from radixlm.server.tools.calls import (
     ArgsDelta,
@@ -28,7 +29,8 @@ PARSERS: dict[str, type[ToolParser]] = {
     "mistral": MistralParser,
     "pythonic": PythonicParser,
 }
-TOOL_PARSER_CHOICES = ("auto", *PARSERS)
+TOOL_PARSER_CHOICES = TOOL_CALL_PARSERS  # "auto": from the chat template
+assert set(TOOL_PARSER_CHOICES) == {"auto", *PARSERS}
 
 __all__ = [
     "PARSERS", "TOOL_PARSER_CHOICES", "ArgsDelta", "CallHeader", "Event", "ParsedOutput",

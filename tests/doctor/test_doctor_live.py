@@ -134,3 +134,23 @@ def test_replay_matches_the_server_at_its_pool_size(tiny_model_factory, tmp_path
     rows = json.loads(out.stdout)["results"]
     assert rows[0]["hit_rate"] == pytest.approx(res.hit_rate)
     assert rows[1]["hit_rate"] >= rows[0]["hit_rate"]  # more memory, no fewer hits
+
+
+def test_doctor_command_reads_a_directory_or_a_live_server(traced, tmp_path):
+    url, trace_dir, _ = traced
+    generate(url, story_prompts(8, seed=5, fixed=False))
+    html = tmp_path / "report.html"
+    run = [sys.executable, "-m", "radixlm.cli", "--log-level", "warning", "doctor"]
+    local = subprocess.run([*run, str(trace_dir), "--html", str(html)], capture_output=True,
+                           text=True, timeout=300, check=True)  # fmt: skip
+    assert "Hit rates" in local.stdout and "Advice" in local.stdout
+    page = html.read_text()
+    assert page.count("data:image/png;base64,") == 2 and "Dynamic content" in page
+    live = subprocess.run([*run, "--url", url, "--limit", "8", "--json"], capture_output=True,
+                          text=True, timeout=300, check=True)  # fmt: skip
+    rep = json.loads(live.stdout)
+    assert rep["trace"]["requests"] == 8 and rep["trace"]["text"]
+    assert httpx.get(f"{url}/doctor", params={"format": "text", "limit": 8}).text.startswith(
+        "radixlm doctor")
+    bad = httpx.get(f"{url}/doctor", params={"policy": "nope"})
+    assert bad.status_code == 400 and "policy" in bad.text

@@ -108,12 +108,13 @@ class Replay:
     """One replay of `requests` at a pool of `cache_tokens` under scheduler config `cfg`.
 
     `unit` is the tokens per unit (the trace's hash page size, 1 for token ids);
-    pool size and the scheduler's token limits are divided by it.
+    pool size and the scheduler's token limits are divided by it. `jumps=False` runs
+    every decode step on its own (the same result, slower; for checking).
     """
 
     def __init__(self, requests: Sequence[ReplayRequest], cache_tokens: int, cfg: SchedulerConfig,
-                 context_length: int, unit: int = 1) -> None:  # fmt: skip
-        self.unit = unit
+                 context_length: int, unit: int = 1, jumps: bool = True) -> None:  # fmt: skip
+        self.unit, self.jumps = unit, jumps
         self.cfg = _in_units(cfg, unit)
         units = max(cache_tokens // unit, 16)
         self.pool = KVPool(_SHAPE, units)
@@ -222,7 +223,7 @@ class Replay:
 
     def _jump(self) -> int:
         """Decode steps that can run as one: nothing waiting, no arrival, nobody finishing."""
-        if self.waiting or self.chunked:
+        if self.waiting or self.chunked or not self.jumps:
             return 1
         k = min(self._target(r) - len(r.output_ids) for r in self.running)
         if self.pending:

@@ -42,7 +42,7 @@ def test_a_line_holds_the_request_and_only_a_hash_of_its_salt(tmp_path):
 def test_hash_mode_stores_page_hashes_and_no_token_ids(tmp_path):
     w = TraceWriter(tmp_path, header(hashed=True, page=4))
     ids = [11, 12, 13, 14, 11, 12, 13, 14, 99]
-    w.finished([finished_req("a", ids), finished_req("b", ids[:4] + [1, 2, 3, 4])])
+    w.finished([finished_req("a", ids), finished_req("b", [*ids[:4], 1, 2, 3, 4])])
     recs = read_trace(tmp_path).records
     raw = trace_files(tmp_path)[0].read_text()
     assert '"prompt"' not in raw and '"output"' not in raw
@@ -66,7 +66,7 @@ def test_files_rotate_by_size_and_the_oldest_go(tmp_path):
 
 
 def test_a_cut_line_is_skipped_and_runs_follow_each_other(tmp_path):
-    for run in range(2):
+    for _run in range(2):
         w = TraceWriter(tmp_path, header())
         for i in range(3):
             w.arrived(str(i), i)

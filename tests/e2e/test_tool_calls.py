@@ -264,3 +264,79 @@ def test_bad_tool_fields_are_400_naming_the_field(url, body, param):
     assert r.status_code == 400, r.text
     assert r.json()["error"]["param"] == param or r.json()["error"]["param"].startswith(param)
     assert httpx.get(f"{url}/health").status_code == 200
+
+
+def _lcp(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _agent_loop(client, url, turns: int, first: str, step) -> list[tuple[int, int, int]]:
+    """Run `turns` turns; `step(history, turn)` asks the model and returns the messages to
+    append. Returns (cached, oracle, prompt) per turn; oracle is the longest prefix the
+    turn's prompt shares with an earlier turn's prompt (what any cache could reuse of them)."""
+    history = [{"role": "system", "content": first}, ASK[0]]
+    seen: list[list[int]] = []
+    out = []
+    for turn in range(turns):
+        ids = httpx.post(f"{url}/tokenize", json={"messages": history, "tools": TOOLS}).json()
+        ids = ids["tokens"]
+        reply, new = step(history, turn)
+        assert reply.usage.prompt_tokens == len(ids)
+        cached = reply.usage.prompt_tokens_details.cached_tokens
+        out.append((cached, max((_lcp(ids, p) for p in seen), default=0), len(ids)))
+        seen.append(ids)
+        history += new
+    return out
+
+
+def test_agent_loop_reuses_the_cache_every_turn(client, url):
+    """10 turns of call -> tool result with the same system prompt and tools: from the
+    second turn on, cached tokens are at least 90% of the oracle."""
+
+    def step(history, turn):
+        reply = client.chat.completions.create(
+            model="default", messages=history, tools=TOOLS, tool_choice="required",
+            parallel_tool_calls=False, max_tokens=80, temperature=0)  # fmt: skip
+        msg = reply.choices[0].message
+        [call] = msg.tool_calls
+        result = {"role": "tool", "tool_call_id": call.id, "content": f'{{"turn": {turn}}}'}
+        return reply, [msg.model_dump(exclude_none=True), result]
+
+    turns = _agent_loop(client, url, 10, "You are agent 7f3a. Use the tools.", step)
+    print("\nagent loop (cached, oracle, prompt):", turns)
+    assert turns[0][0] < turns[0][2] // 2  # a new system prompt: little to reuse
+    for cached, oracle, prompt in turns[1:]:
+        assert oracle <= cached + prompt // 10 and cached >= 0.9 * oracle, turns
+        assert cached < prompt
+
+
+def test_dropping_reasoning_from_the_history_keeps_the_prompt_prefix(client, url):
+    """Multi-turn with reasoning: a client that sends back only the answers (the
+    reasoning dropped) still reuses every earlier prompt; the reasoning it generated is
+    what cannot be reused. Prints the per-turn hit rates for both ways of sending it."""
+    text = "<think>the user wants weather, a tool is not needed</think>It is sunny."
+    ebnf = f"root ::= {json.dumps(text)}"
+    rates = {}
+    for keep in (False, True):
+
+        def step(history, turn, keep=keep):
+            reply = client.chat.completions.create(
+                model="default", messages=history, tools=TOOLS, tool_choice="none",
+                max_tokens=200, temperature=0, extra_body={"ebnf": ebnf})  # fmt: skip
+            msg = reply.choices[0].message
+            assert msg.content == "It is sunny."
+            content = text if keep else msg.content
+            more = {"role": "user", "content": f"And on day {turn + 2}?"}
+            return reply, [{"role": "assistant", "content": content}, more]
+
+        turns = _agent_loop(client, url, 6, f"You are agent {keep}. Think first.", step)
+        for cached, oracle, _ in turns[1:]:
+            assert cached >= 0.9 * oracle, turns
+        rates[keep] = [round(c / p, 3) for c, _, p in turns]
+    print("\nhit rate per turn, reasoning dropped:", rates[False])
+    print("hit rate per turn, reasoning kept in the history:", rates[True])

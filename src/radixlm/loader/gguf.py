@@ -32,35 +32,26 @@ from gguf.quants import dequantize
 from tqdm import tqdm
 
 from radixlm.config import ModelConfig, RopeScaling
+from radixlm.loader.gguf_families import (
+    BLOCK_NAMES,
+    GGUF_ARCHITECTURES,
+    NORM_OFFSET,
+    SKIPPED,
+    family_fields,
+    longrope_scaling,
+    unpermute_rotary_rows,
+)
 from radixlm.loader.gguf_rope import f32_short as _f32
 from radixlm.loader.gguf_rope import rope_scaling_from_freq_factors
 
-# GGUF `general.architecture` -> our architecture name.
-_ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2"}
 # Architectures whose q/k rows llama.cpp's converter permuted.
 _PERMUTED_ARCHITECTURES = frozenset({"llama"})
-
-# GGUF tensor name suffix inside a block -> HF module name inside `model.layers.N`.
-_BLOCK_NAMES = {
-    "attn_q": "self_attn.q_proj",
-    "attn_k": "self_attn.k_proj",
-    "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj",
-    "ffn_gate": "mlp.gate_proj",
-    "ffn_up": "mlp.up_proj",
-    "ffn_down": "mlp.down_proj",
-    "attn_norm": "input_layernorm",
-    "ffn_norm": "post_attention_layernorm",
-}
 # Tensors outside the blocks.
 _GLOBAL_NAMES = {
     "token_embd": "model.embed_tokens",
     "output_norm": "model.norm",
     "output": "lm_head",
 }
-# Tensors that carry no weights of their own: rotary frequency factors are read
-# into the config's rope scaling by `read_gguf_config`.
-_SKIPPED = frozenset({"rope_freqs.weight"})
 _BLOCK_RE = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
 _GLOBAL_RE = re.compile(r"(\w+)\.(weight|bias)")
 
@@ -138,24 +129,17 @@ class _Metadata:
 def read_gguf_config(path: Path) -> ModelConfig:
     """Read a GGUF file's architecture metadata; return the equivalent ModelConfig."""
     meta = _Metadata(_open_reader(path), path)
-    arch = _ARCHITECTURES.get(meta.gguf_arch)
-    if arch is None:
-        supported = ", ".join(sorted(_ARCHITECTURES))
-        raise ValueError(
-            f"{path.name}: unsupported GGUF architecture {meta.gguf_arch!r} "
-            f"(supported: {supported})"
-        )
+    arch = gguf_architecture(meta)
     hidden = int(meta.require("{arch}.embedding_length"))
     num_heads = int(meta.require("{arch}.attention.head_count"))
     head_dim = _head_dim(meta, hidden, num_heads)
     rope_theta = _f32(meta.get("{arch}.rope.freq_base", 10000.0))
-    window = meta.get("{arch}.attention.sliding_window")
-    return ModelConfig(
-        architecture=arch,
+    layers = int(meta.require("{arch}.block_count"))
+    base = dict(
         vocab_size=_vocab_size(meta),
         hidden_size=hidden,
         intermediate_size=int(meta.require("{arch}.feed_forward_length")),
-        num_layers=int(meta.require("{arch}.block_count")),
+        num_layers=layers,
         num_heads=num_heads,
         num_kv_heads=int(meta.get("{arch}.attention.head_count_kv", num_heads)),
         head_dim=head_dim,
@@ -164,12 +148,33 @@ def read_gguf_config(path: Path) -> ModelConfig:
         rope_scaling=_rope_scaling(meta, head_dim, rope_theta),
         max_position_embeddings=int(meta.get("{arch}.context_length", 4096)),
         tie_word_embeddings=meta.tensor("output.weight") is None,
-        attention_bias=arch == "qwen2" or meta.tensor("blk.0.attn_q.bias") is not None,
-        sliding_window=int(window) if window and arch != "qwen2" else None,
+        attention_bias=meta.tensor("blk.0.attn_q.bias") is not None,
         bos_token_id=_optional_int(meta.get("tokenizer.ggml.bos_token_id")),
         eos_token_ids=_eos_token_ids(meta),
         name=str(meta.get("general.name") or path.stem),
     )
+    extra = family_fields(meta, arch, hidden, num_heads, head_dim, layers)
+    long, short = meta.tensor("rope_factors_long.weight"), meta.tensor("rope_factors_short.weight")
+    if arch == "phi3" and long is not None and short is not None:
+        extra["rope_scaling"] = longrope_scaling(
+            meta, dequantize_tensor(long).tolist(), dequantize_tensor(short).tolist(),
+            int(base["max_position_embeddings"]),
+        )  # fmt: skip
+    return ModelConfig(architecture=arch, **{**base, **extra})
+
+
+def gguf_architecture(meta: _Metadata) -> str:
+    """Our architecture for the file; ValueError listing the supported ones if none."""
+    arch = GGUF_ARCHITECTURES.get(meta.gguf_arch)
+    if arch is None:
+        supported = ", ".join(sorted(GGUF_ARCHITECTURES))
+        raise ValueError(
+            f"{meta.path.name}: unsupported GGUF architecture {meta.gguf_arch!r} "
+            f"(supported: {supported}; llama with experts is read as Mixtral)"
+        )
+    if arch == "llama" and int(meta.get("{arch}.expert_count", 0) or 0) > 0:
+        return "mixtral"
+    return arch
 
 
 def _optional_int(value: Any) -> int | None:
@@ -250,20 +255,22 @@ def _rope_scaling(meta: _Metadata, head_dim: int, theta: float) -> RopeScaling |
 # Tensors
 
 
-def gguf_to_hf_name(name: str) -> str | None:
-    """The HF name of GGUF tensor `name`; None for tensors that hold no model weight.
+def gguf_to_hf_name(name: str, arch: str = "llama") -> str | None:
+    """The HF name of GGUF tensor `name` in a file of our architecture `arch`; None for
+    tensors that hold no model weight. Stacked experts keep an `{e}` to fill in.
 
     Raises ValueError for a name this decoder has no place for.
     """
-    if name in _SKIPPED:
+    if name in SKIPPED:
         return None
+    blocks = BLOCK_NAMES[arch]
     if m := _BLOCK_RE.fullmatch(name):
         layer, part, kind = m.groups()
-        if part in _BLOCK_NAMES:
-            return f"model.layers.{layer}.{_BLOCK_NAMES[part]}.{kind}"
+        if part in blocks:
+            return f"model.layers.{layer}.{blocks[part]}.{kind}"
     elif (m := _GLOBAL_RE.fullmatch(name)) and m.group(1) in _GLOBAL_NAMES:
         return f"{_GLOBAL_NAMES[m.group(1)]}.{m.group(2)}"
-    raise ValueError(f"unexpected GGUF tensor {name!r} for a Llama-family decoder")
+    raise ValueError(f"unexpected GGUF tensor {name!r} for a {arch} decoder")
 
 
 def dequantize_tensor(tensor: ReaderTensor) -> torch.Tensor:
@@ -293,42 +300,39 @@ def projection_types(path: Path) -> dict[str, int]:
     counts: dict[str, int] = {}
     for tensor in _open_reader(path).tensors:
         m = _BLOCK_RE.fullmatch(tensor.name)
-        if m and m.group(3) == "weight" and m.group(2) in _BLOCK_NAMES and "norm" not in m.group(2):
+        if m and m.group(3) == "weight" and m.group(2) in BLOCK_NAMES["llama"] and (
+            "norm" not in m.group(2)
+        ):
             name = tensor.tensor_type.name
             counts[name] = counts.get(name, 0) + 1
     return counts
 
 
-def unpermute_rotary_rows(w: torch.Tensor, n_head: int) -> torch.Tensor:
-    """Undo llama.cpp's q/k row reordering; return `w` [n_head * head_dim, ...] in HF order.
-
-    Within each head, llama.cpp stores row pairs (i, i + head_dim/2)
-    next to each other; HF keeps the two halves apart. Works on weights
-    [rows, in] and biases [rows].
-    """
-    rows = w.shape[0]
-    if rows % (2 * n_head):
-        raise ValueError(f"{rows} rows cannot be split into {n_head} heads of even size")
-    # [n_head, head_dim/2, 2, ...] -> [n_head, 2, head_dim/2, ...]
-    split = w.reshape(n_head, rows // n_head // 2, 2, *w.shape[1:])
-    return split.transpose(1, 2).reshape(w.shape)
-
-
 def iter_gguf_weights(
     path: Path, config: ModelConfig, progress: bool = True
 ) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield (HF tensor name, float32 tensor in HF layout) for every weight in a GGUF file.
+    """Yield (canonical HF name, float32 tensor in HF layout) for every weight in a GGUF file.
 
     Quantized tensors are dequantized one at a time; q/k rows are restored to
-    HF order where the converter reordered them. Shows a progress bar over
-    tensors unless `progress` is False.
+    HF order where the converter reordered them, Gemma's norms to their HF
+    values, stacked experts split one per expert, Phi-3's fused tensors split.
+    Shows a progress bar over tensors unless `progress` is False.
     """
+    from radixlm.loader.names import canonical_weights
+
+    yield from canonical_weights(config, _gguf_tensors(path, config, progress))
+
+
+def _gguf_tensors(
+    path: Path, config: ModelConfig, progress: bool
+) -> Iterator[tuple[str, torch.Tensor]]:
     reader = _open_reader(path)
     permuted = _Metadata(reader, path).gguf_arch in _PERMUTED_ARCHITECTURES
+    offset = NORM_OFFSET.get(config.architecture, 0.0)
     desc = f"Loading {path.name}"
     try:
         for tensor in tqdm(reader.tensors, desc=desc, disable=not progress, leave=False):
-            hf_name = gguf_to_hf_name(tensor.name)
+            hf_name = gguf_to_hf_name(tensor.name, config.architecture)
             if hf_name is None:
                 continue
             weight = dequantize_tensor(tensor)  # float32, HF layout
@@ -336,6 +340,12 @@ def iter_gguf_weights(
                 weight = unpermute_rotary_rows(weight, config.num_heads)
             elif permuted and ".self_attn.k_proj." in hf_name:
                 weight = unpermute_rotary_rows(weight, config.num_kv_heads)
-            yield hf_name, weight
+            if offset and hf_name.endswith("norm.weight"):
+                weight = weight - offset
+            if "{e}" in hf_name:  # [E, out, in] stacked experts
+                for e in range(weight.shape[0]):
+                    yield hf_name.format(e=e), weight[e]
+            else:
+                yield hf_name, weight
     finally:
         _READERS.clear()

@@ -135,6 +135,7 @@ class Replay:
         self.steps = 0
         self._of: dict[int, ReplayRequest] = {}  # id(req) -> its trace request
         self._params: dict[int, SamplingParams] = {}
+        self._goal: dict[int, int] = {}  # id(req) -> output units it ends after
 
     def run(self) -> ReplayResult:
         """Replay every request; returns the hit counts (tokens) and the eviction ledger."""
@@ -166,6 +167,7 @@ class Replay:
                   return_logprob=rr.logprob_start >= 0,
                   logprob_start_len=rr.logprob_start)  # fmt: skip
         self._of[id(req)] = rr
+        self._goal[id(req)] = min(len(rr.output), rr.max_new)
         self.waiting.append(req)
 
     # -- one step (Scheduler.step without the model) ------------------------------------
@@ -252,14 +254,14 @@ class Replay:
     # -- tokens and finishing ------------------------------------------------------------
 
     def _target(self, req: Req) -> int:
-        return min(len(self._of[id(req)].output), req.params.max_new_tokens)
+        return self._goal[id(req)]
 
     def _emit(self, req: Req, n: int) -> None:
         """Append the next n recorded output units; finish the request at its recorded length."""
         out = self._of[id(req)].output
         have = len(req.output_ids)
         req.output_ids.extend(out[have : have + n])
-        if len(req.output_ids) >= self._target(req):
+        if have + n >= self._goal[id(req)]:
             self._finish(req)
 
     def _finish(self, req: Req) -> None:

@@ -239,7 +239,8 @@ class KVEventsConfig:
 
     Events go out as msgpack batches on a ZeroMQ PUB socket bound at `endpoint`; with
     `replay_endpoint`, a ROUTER socket there resends the last `buffer_steps` batches.
-    `block_size` is the tokens per published block (the router's block size).
+    `block_size` is the tokens per published block (the router's block size);
+    `encoding` how each event is packed ("map": tagged by `type`, "array": positional).
     """
 
     enable_kv_cache_events: bool = False
@@ -251,8 +252,11 @@ class KVEventsConfig:
     max_queue_size: int = 100_000
     topic: str = ""
     block_size: int = 16
+    encoding: str = "map"  # events as maps tagged by "type", or "array" (positional)
 
     def __post_init__(self) -> None:
+        if self.encoding not in ("map", "array"):
+            raise ValueError(f"kv_events_config.encoding: {self.encoding!r} is not map or array")
         if self.publisher not in ("zmq", "null"):
             raise ValueError(f"kv_events_config.publisher: {self.publisher!r} is not zmq or null")
         for name in ("buffer_steps", "hwm", "max_queue_size", "block_size"):

@@ -85,7 +85,7 @@ def test_replay_equals_tree_after_random_traffic(page_size: int, block_size: int
         for ev in batch:
             counts[{"BlockStored": "stored", "BlockRemoved": "removed",
                     "AllBlocksCleared": "cleared"}[ev[0]]] += 1  # fmt: skip
-        replay.apply_batch(encode_batch(batch))
+        replay.apply_batch(encode_batch(batch, encoding="map" if step % 2 else "array"))
         assert set(replay.blocks) == tree_block_hashes(cache.root, block_size), f"step {step}"
         cache.check_integrity()
     assert all(counts.values()), counts  # the traffic exercised every kind of event
@@ -128,39 +128,25 @@ def test_a_request_inside_one_block_publishes_nothing():
     assert [ev[0] for ev in pending] == ["BlockStored"] and pending[0][3] == list(range(16))
 
 
-# vLLM's wire definitions of the events (vllm.distributed.kv_events), as a consumer reads them.
-class _EventBatch(msgspec.Struct, array_like=True, omit_defaults=True, gc=False):
-    ts: float
-    events: list[object]
-
-
-class _KVCacheEvent(msgspec.Struct, array_like=True, omit_defaults=True, gc=False, tag=True):
-    pass
-
-
-class BlockStored(_KVCacheEvent):
-    block_hashes: list[int]
-    parent_block_hash: int | None
-    token_ids: list[int]
-    block_size: int
-    lora_id: int | None
-    medium: str | None
-    lora_name: str | None = None
-    extra_keys: list[list[object] | None] | None = None
-
-
-class BlockRemoved(_KVCacheEvent):
-    block_hashes: list[int]
-    medium: str | None
-
-
-class AllBlocksCleared(_KVCacheEvent):
-    pass
-
-
-class KVEventBatch(_EventBatch):
-    events: list[BlockStored | BlockRemoved | AllBlocksCleared]
-    data_parallel_rank: int | None = None
+def _vllm_types(array_like: bool) -> tuple[type, type, type]:
+    """The events as a consumer's msgspec definitions read them (vLLM's field layout):
+    positional lists (`array_like`) or maps tagged by `type`. Returns the batch type and
+    the BlockStored and BlockRemoved types."""
+    opts = {"array_like": True} if array_like else {"tag_field": "type"}
+    stored = msgspec.defstruct("BlockStored", [
+        ("block_hashes", list[int]), ("parent_block_hash", int | None),
+        ("token_ids", list[int]), ("block_size", int), ("lora_id", int | None),
+        ("medium", str | None), ("lora_name", str | None, None),
+        ("extra_keys", list[list[object] | None] | None, None),
+    ], tag=True, **opts)  # fmt: skip
+    removed = msgspec.defstruct("BlockRemoved", [("block_hashes", list[int]),
+                                                 ("medium", str | None)], tag=True, **opts)
+    cleared = msgspec.defstruct("AllBlocksCleared", [], tag=True, **opts)
+    batch = msgspec.defstruct("KVEventBatch", [
+        ("ts", float), ("events", list[stored | removed | cleared]),
+        ("data_parallel_rank", int | None, None),
+    ], array_like=True)  # fmt: skip
+    return batch, stored, removed
 
 
 def _free_port() -> int:
@@ -174,11 +160,13 @@ def _recv(sock: zmq.Socket, timeout_s: float = 10.0) -> list[bytes]:
     return sock.recv_multipart()
 
 
-def test_publisher_frames_decode_with_vllm_definitions():
+@pytest.mark.parametrize("encoding", ["map", "array"])
+def test_publisher_frames_decode_with_vllm_definitions(encoding: str):
+    batch_type, BlockStored, BlockRemoved = _vllm_types(array_like=encoding == "array")
     pub_port, replay_port = _free_port(), _free_port()
     cfg = KVEventsConfig(enable_kv_cache_events=True, endpoint=f"tcp://127.0.0.1:{pub_port}",
                          replay_endpoint=f"tcp://127.0.0.1:{replay_port}", topic="kv",
-                         block_size=4)  # fmt: skip
+                         block_size=4, encoding=encoding)  # fmt: skip
     pub = ZmqEventPublisher(cfg, dp_rank=0)
     ctx = zmq.Context()
     sub = ctx.socket(zmq.SUB)
@@ -187,7 +175,7 @@ def test_publisher_frames_decode_with_vllm_definitions():
     try:
         cache = RadixCache(KVPool(SHAPE, 64, page_size=1))
         cache.events = BlockTracker(4, pub.put)
-        decoder = msgspec.msgpack.Decoder(type=KVEventBatch)
+        decoder = msgspec.msgpack.Decoder(type=batch_type)
         # PUB drops messages until the subscription reaches it: send until one arrives.
         deadline = time.monotonic() + 10
         while not sub.poll(100):

@@ -7,9 +7,13 @@ routed. The wire format is vLLM's:
 - ZeroMQ PUB socket; each message is three frames `[topic, seq, payload]`, `seq` an
   8-byte big-endian counter (one per batch, from 0), `payload` one msgpack batch.
 - A batch is the positional array `[ts, [event, ...], data_parallel_rank]`.
-- `["BlockStored", block_hashes, parent_block_hash, token_ids, block_size, lora_id,
-  medium, lora_name, extra_keys]`, `["BlockRemoved", block_hashes, medium]`,
-  `["AllBlocksCleared"]` (msgspec's `array_like` + `tag` encoding).
+- An event is a map tagged by `type`: `{"type": "BlockStored", "block_hashes",
+  "parent_block_hash", "token_ids", "block_size", "lora_id", "medium", "lora_name",
+  "extra_keys"}`, `{"type": "BlockRemoved", "block_hashes", "medium"}`,
+  `{"type": "AllBlocksCleared"}` -- what vllm-router 0.1.17 decodes. With
+  `encoding: "array"` each is instead the positional list after its tag,
+  `["BlockStored", block_hashes, ...]` (msgspec's `array_like` + `tag`, the layout of
+  vLLM's example subscriber).
 
 Blocks: the tree's token paths are cut into `block_size`-token blocks at absolute
 positions 0, B, 2B, ...; block k of a path is cached when the path is cached up to
@@ -132,19 +136,44 @@ class BlockTracker:
         self.sink(["AllBlocksCleared"])
 
 
-def encode_batch(events: list[Event], ts: float | None = None, dp_rank: int | None = None) -> bytes:
-    """One msgpack batch `[ts, events, data_parallel_rank]`."""
+# Field names of each event type after the tag, in wire order.
+FIELDS = {
+    "BlockStored": ("block_hashes", "parent_block_hash", "token_ids", "block_size", "lora_id",
+                    "medium", "lora_name", "extra_keys"),
+    "BlockRemoved": ("block_hashes", "medium"),
+    "AllBlocksCleared": (),
+}  # fmt: skip
+
+
+def _on_wire(event: Event, encoding: str) -> Any:
+    """`event` as sent: a map with a `type` key ("map"), or the positional list ("array")."""
+    if encoding == "array":
+        return event
+    return {"type": event[0], **dict(zip(FIELDS[event[0]], event[1:], strict=True))}
+
+
+def _from_wire(obj: Any) -> Event:
+    if isinstance(obj, dict):
+        kind = obj["type"]
+        return [kind, *(obj.get(name) for name in FIELDS[kind])]
+    return list(obj)
+
+
+def encode_batch(events: list[Event], ts: float | None = None, dp_rank: int | None = None,
+                 encoding: str = "map") -> bytes:  # fmt: skip
+    """One msgpack batch `[ts, events, data_parallel_rank]`, events encoded as `encoding`."""
     import msgpack
 
-    return msgpack.packb([time.time() if ts is None else ts, events, dp_rank])
+    wire = [_on_wire(e, encoding) for e in events]
+    return msgpack.packb([time.time() if ts is None else ts, wire, dp_rank])
 
 
 def decode_batch(payload: bytes) -> tuple[float, list[Event], int | None]:
-    """`(ts, events, data_parallel_rank)` of one msgpack batch."""
+    """`(ts, events, data_parallel_rank)` of one msgpack batch (either event encoding)."""
     import msgpack
 
     arr = msgpack.unpackb(payload)
-    return arr[0], arr[1], arr[2] if len(arr) > 2 else None
+    return arr[0], [_from_wire(e) for e in arr[1]], arr[2] if len(arr) > 2 else None
 
 
 class ZmqEventPublisher:
@@ -208,7 +237,7 @@ class ZmqEventPublisher:
                 if ev is not None:
                     events.append(ev)
             if events:
-                payload = encode_batch(events, dp_rank=self.dp_rank)
+                payload = encode_batch(events, dp_rank=self.dp_rank, encoding=self.cfg.encoding)
                 self._pub.send_multipart([topic, self.seq.to_bytes(8, "big"), payload])
                 self._kept.append((self.seq, payload))
                 self.seq += 1
@@ -285,3 +314,20 @@ def make_publisher(cfg: KVEventsConfig, dp_rank: int | None = None) -> tuple[
         return BlockTracker(cfg.block_size, lambda _e: None), None
     pub = ZmqEventPublisher(cfg, dp_rank)
     return BlockTracker(cfg.block_size, pub.put), pub
+
+
+def attach(cache: Any, config_json: str | None, dp_rank: int | None = None) -> None:
+    """Publish `cache`'s events as `config_json` (a `KVEventsConfig` as JSON) asks.
+
+    Does nothing when `config_json` is None or does not enable events, or when `cache`
+    is not a radix cache (with reuse disabled nothing is ever cached).
+    """
+    from radixlm.kvcache.radix_cache import RadixCache
+
+    if config_json is None or not isinstance(cache, RadixCache):
+        return
+    cfg = KVEventsConfig.from_json(config_json)
+    if cfg.enable_kv_cache_events:
+        cache.events = make_publisher(cfg, dp_rank)[0]
+        log.info("KV events: %s publisher on %s, %d-token blocks", cfg.publisher,
+                 cfg.endpoint, cfg.block_size)  # fmt: skip

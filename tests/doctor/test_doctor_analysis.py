@@ -137,3 +137,28 @@ def test_decode_jumps_change_nothing(policy):
     assert fast.evicted == slow.evicted and sum(fast.evicted.values()) > 0
     big = Replay(reqs, 100000, cfg, 4096).run()
     assert big.hit_rate >= fast.hit_rate and not big.evicted
+
+
+def _naive_reuse(reqs: list[ReplayRequest]) -> list[tuple[int, int]]:
+    """Reuse distances over a per-token trie (each node: children, clock of last use)."""
+    roots: dict = {}
+    clock, out = 0, []
+    for rr in reqs:
+        node = roots.setdefault(rr.tenant, [{}, 0])
+        depth, last = 0, 0
+        while depth < len(rr.key) - 1 and rr.key[depth] in node[0]:
+            node = node[0][rr.key[depth]]
+            depth, last = depth + 1, node[1]
+        if depth:
+            out.append((clock - last, depth))
+        clock += len(rr.key) - depth + len(rr.output)
+        node = roots[rr.tenant]
+        for tok in (*rr.key, *rr.output):
+            node = node[0].setdefault(tok, [{}, clock])
+            node[1] = clock
+    return sorted(out)
+
+
+def test_reuse_distances_match_a_per_token_trie():
+    reqs = sorted(_workload(200, seed=7), key=lambda r: (r.step, r.index))
+    assert reuse_distances(reqs).distances == _naive_reuse(reqs)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from radixlm.doctor.units import ReplayRequest
+from radixlm.kvcache.radix_cache import common_prefix_len
 
 
 @dataclass
@@ -52,36 +53,66 @@ class Reuse:
                 "share_within_pool": self.within(pool_tokens) / r if r else 0.0}  # fmt: skip
 
 
+class _Node:
+    """A compressed trie edge (`key`) and the clock of its last use."""
+
+    __slots__ = ("children", "key", "last")
+
+    def __init__(self, key: tuple[int, ...], last: int) -> None:
+        self.key, self.last = key, last
+        self.children: dict[int, _Node] = {}
+
+
+def _walk(root: _Node, seq: tuple[int, ...], limit: int) -> tuple[int, int]:
+    """(matched length of seq[:limit], clock of the last use of that prefix)."""
+    node, depth, last = root, 0, 0
+    while depth < limit and (child := node.children.get(seq[depth])) is not None:
+        n = common_prefix_len(child.key, seq, depth, limit)
+        depth, last = depth + n, child.last
+        if n < len(child.key):
+            break
+        node = child
+    return depth, last
+
+
+def _insert(root: _Node, seq: tuple[int, ...], clock: int) -> None:
+    """Add `seq`, marking every edge on its path used at `clock` (splitting where it ends)."""
+    node, depth = root, 0
+    while depth < len(seq):
+        child = node.children.get(seq[depth])
+        if child is None:
+            node.children[seq[depth]] = _Node(seq[depth:], clock)
+            return
+        n = common_prefix_len(child.key, seq, depth)
+        if n < len(child.key):  # split: the upper part keeps the lower part's history
+            upper = _Node(child.key[:n], child.last)
+            child.key = child.key[n:]
+            upper.children[child.key[0]] = child
+            node.children[seq[depth]] = upper
+            child = upper
+        child.last = clock
+        node, depth = child, depth + n
+
+
 def reuse_distances(requests: Sequence[ReplayRequest], unit: int = 1) -> Reuse:
     """Reuse distances (in tokens; `unit` tokens per unit) of `requests` in arrival order.
 
     Each request's prompt plus output is inserted after it is matched; the clock
     advances by the units it computes (its prompt past the reused prefix, and its output).
     """
-    root: dict[Any, list] = {}
+    roots: dict[Any, _Node] = {}
     clock = 0
     out = Reuse()
     for rr in sorted(requests, key=lambda r: (r.step, r.index)):
-        node, last, depth = root.get(rr.tenant), None, 0
-        if node is None:
-            node = root[rr.tenant] = [{}, 0]
-        key = rr.key
-        limit = len(key) - 1  # one token is always computed
-        while depth < limit and (child := node[0].get(key[depth])) is not None:
-            node, last, depth = child, child[1], depth + 1
-        hit = depth
+        root = roots.setdefault(rr.tenant, _Node((), 0))
+        key = tuple(rr.key)
+        hit, last = _walk(root, key, len(key) - 1)  # one token is always computed
         out.prompt_tokens += rr.prompt_tokens
         if hit:
             tokens = min(hit * unit, rr.prompt_tokens - 1)
             out.reusable_tokens += tokens
             out.distances.append(((clock - last) * unit, tokens))
         clock += len(key) - hit + len(rr.output)
-        node = root[rr.tenant]
-        for tok in (*key, *rr.output):
-            child = node[0].get(tok)
-            if child is None:
-                child = node[0][tok] = [{}, clock]
-            child[1] = clock
-            node = child
+        _insert(root, key + tuple(rr.output), clock)
     out.distances.sort()
     return out

@@ -48,7 +48,12 @@ from radixlm.attention.cascade import (
     split_shared,
 )
 from radixlm.attention.groups import AttentionGroup, build_group, plan_groups
-from radixlm.attention.window import WindowGroup, attend_window_groups, plan_window_groups
+from radixlm.attention.window import (
+    WindowGroup,
+    attend_window_groups,
+    plan_window_groups,
+    window_decode_index,
+)
 from radixlm.attention.workspace import workspace_for
 from radixlm.kvcache.pool import KVPool
 from radixlm.native import kernels
@@ -245,7 +250,7 @@ class PagedContext(AttentionContext):
             seq_slots, prefix_lens, extend_lens, out_cache_loc,
             pool.shape.num_kv_heads, pool.device, check, cascade, native,
         )  # fmt: skip
-        self._window_plans: dict[int | None, tuple[WindowGroup, ...]] = {}
+        self._window_plans: dict = {}  # window -> groups; ("decode", window) -> index
 
     @property
     def extend_lens(self) -> list[int]:
@@ -269,6 +274,10 @@ class PagedContext(AttentionContext):
         meta = self.metadata
         self.pool.set_kv(layer_id, meta.out_cache_loc, k, v)
         k_buf, v_buf = self.pool.get_kv(layer_id)
+        if window is not None and softcap is None and meta.decode is not None:
+            # a decode batch: each sequence's last `window` keys, read in place
+            out, _ = kernels().paged_decode(q, k_buf, v_buf, *self._window_decode(window), scale)
+            return out
         if window is not None or softcap is not None:  # see attention.window
             groups = self._window_groups(window)
             return attend_window_groups(groups, q, k_buf, v_buf, scale, softcap)
@@ -296,16 +305,23 @@ class PagedContext(AttentionContext):
             out.index_copy_(0, g.t_index, o.index_select(0, g.out_index))
         return self._merge_shared(out, lse, q, k_rows, v_rows, scale)
 
+    def _window_decode(self, window: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The native kernel's index of each decoding sequence's last `window` keys."""
+        key = ("decode", window)
+        if key not in self._window_plans:
+            meta = self.metadata
+            self._window_plans[key] = window_decode_index(meta.kv_indices, meta.kv_indptr, window)
+        return self._window_plans[key]
+
     def _window_groups(self, window: int | None) -> tuple[WindowGroup, ...]:
         """The padded calls for layers with this window, planned once per forward."""
-        plan = self._window_plans.get(window)
-        if plan is None:
+        if window not in self._window_plans:
             meta = self.metadata
-            plan = self._window_plans[window] = plan_window_groups(
+            self._window_plans[window] = plan_window_groups(
                 meta.kv_indices, meta.kv_indptr.tolist(), meta.prefix_lens, meta.extend_lens,
                 window,
             )  # fmt: skip
-        return plan
+        return self._window_plans[window]
 
     def _merge_shared(
         self,

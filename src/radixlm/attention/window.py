@@ -9,11 +9,14 @@ one unchanged, in prefill, extend over a cached prefix, and decode alike.
 
 Soft-capping (Gemma 2) changes the scores before the softmax, which the fused
 attention kernels cannot do, so capped layers compute the scores explicitly.
-These layers bypass the cascade and the native decode kernel of the plain path.
+Capped layers, and windowed layers outside decode, bypass the cascade and the
+native decode kernel; a decode batch of an uncapped window layer runs the native
+kernel over each sequence's last W slots (`window_decode_index`).
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -128,6 +131,17 @@ def _build(
     q_index = torch.where(real, start.unsqueeze(1) + j, 0).reshape(-1)
     out_rows = real.reshape(-1).nonzero().squeeze(1)
     return WindowGroup(q_index, kv_slots, mask, out_rows, q_index[out_rows], q_len)
+
+
+def window_decode_index(
+    kv_indices: torch.Tensor, kv_indptr: torch.Tensor, window: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """([B + 1] indptr, [n] slots) of each sequence's last `window` slots: the keys a
+    decode token (the sequence's last) sees, in the native decode kernel's form."""
+    bounds = kv_indptr.tolist()
+    own = [kv_indices[max(a, b - window) : b] for a, b in itertools.pairwise(bounds)]
+    lens = torch.tensor([len(o) for o in own], dtype=torch.int64, device=kv_indices.device)
+    return F.pad(torch.cumsum(lens, 0), (1, 0)), torch.cat(own)
 
 
 def attend_window_groups(

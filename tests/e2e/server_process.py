@@ -77,11 +77,11 @@ def read_log(proc: subprocess.Popen) -> str:
     return log.read()
 
 
-def idle_info(url: str, timeout: float = 10.0) -> dict:
+def idle_info(url: str, timeout: float = 10.0, headers: dict[str, str] | None = None) -> dict:
     """/get_server_info once nothing is running or waiting (or the last answer at the deadline)."""
     deadline = time.monotonic() + timeout
     while True:
-        info = httpx.get(f"{url}/get_server_info").json()
+        info = httpx.get(f"{url}/get_server_info", headers=headers).json()
         idle = info["num_running_reqs"] == 0 and info["num_waiting_reqs"] == 0
         if idle or time.monotonic() > deadline:
             return info

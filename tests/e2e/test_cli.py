@@ -12,6 +12,7 @@ from e2e.server_process import free_port
 
 from radixlm.args import build_parser, chat_config_from_args, server_config_from_args
 from radixlm.config import SchedulePolicyName
+from radixlm.server.access import ApiKey
 
 TURN = re.compile(r"\[(\d+) prompt tokens, (\d+) cached, (\d+) generated in")
 
@@ -62,13 +63,33 @@ def test_flags_become_frozen_configs():
     assert (cfg.params.top_p, cfg.params.seed, cfg.load.dtype) == (0.5, 3, "bfloat16")
 
 
+def test_key_flags_and_files_name_tenants(tmp_path):
+    keys = tmp_path / "keys"
+    keys.write_text("# tenants\nka:alice\nkb:bob  # second\n\nroot\n")
+    ns = build_parser().parse_args(["serve", "--api-key", "k0:ops", "--api-key-file", str(keys),
+                                    "--cache-report", "coarse", "--allowed-hosts", "a.b, c.d"])
+    access = server_config_from_args(ns).access
+    assert access.api_keys == (ApiKey("k0", "ops"), ApiKey("ka", "alice"), ApiKey("kb", "bob"),
+                               ApiKey("root"))  # fmt: skip
+    assert access.allowed_hosts == ("a.b", "c.d") and access.cache_report == "coarse"
+    assert access.caller("Bearer kb").tenant == "bob" and access.caller("Bearer root").admin
+    assert access.caller("Bearer nope") is None
+    assert (access.reported_cached(700), access.reported_cached(255)) == (512, 0)
+    keys.write_text("ka:alice\nka:bob\n")
+    with pytest.raises(ValueError, match="^--api-key: the same key"):
+        server_config_from_args(ns)
+    keys.write_text("bad key:alice\n")
+    with pytest.raises(ValueError, match="^--api-key-file: .* line 1"):
+        server_config_from_args(ns)
+
+
 def test_serve_flags_become_a_server_config():
     ns = build_parser().parse_args(
         ["serve", "--port", "8080", "--max-total-tokens", "1024", "--disable-radix-cache",
          "--schedule-policy", "fcfs", "--chunked-prefill-size", "64", "--api-key", "k"]
     )  # fmt: skip
     cfg = server_config_from_args(ns)
-    assert (cfg.port, cfg.api_key) == (8080, "k")
+    assert cfg.port == 8080 and cfg.access.api_keys == (ApiKey("k"),)
     assert cfg.engine.cache.max_total_tokens == 1024 and cfg.engine.cache.disable_radix_cache
     assert cfg.engine.scheduler.schedule_policy == SchedulePolicyName.FCFS
     assert cfg.engine.scheduler.chunked_prefill_size == 64

@@ -99,7 +99,8 @@ def test_a_killed_engine_fails_its_requests_and_is_replaced(tiny_model_factory):
         while httpx.get(f"{url}/health").status_code != 200:
             assert time.monotonic() < deadline, read_log(proc)[-3000:]
             time.sleep(0.2)
-        res = httpx.post(f"{url}/v1/completions", json={"prompt": "again", "max_tokens": 3})
+        res = httpx.post(f"{url}/v1/completions", json={"prompt": "again", "max_tokens": 3,
+                                                           "ignore_eos": True})
         assert res.status_code == 200 and res.json()["usage"]["completion_tokens"] == 3
         info = idle_info(url)
         assert info["engine_pid"] != engine and info["token_usage"] == 0

@@ -97,7 +97,8 @@ BAD = [
 
 @pytest.mark.parametrize(("route", "body", "param"), BAD)
 def test_bad_input_is_a_400_naming_the_field(server, route, body, param):
-    kw = {"content": body} if isinstance(body, bytes) else {"json": body}
+    json_type = {"content-type": "application/json"}
+    kw = {"content": body, "headers": json_type} if isinstance(body, bytes) else {"json": body}
     res = httpx.post(f"{server.url}{route}", **kw)
     assert res.status_code == 400, res.text
     err = res.json()["error"]

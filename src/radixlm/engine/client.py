@@ -44,17 +44,28 @@ DoneHook = Callable[[GenerateMsg, ChunkMsg, float, list[tuple[float, int]]], Non
 
 
 class EngineClient:
-    def __init__(self, in_addr: str, out_addr: str, on_done: DoneHook | None = None) -> None:
+    """`on_done` sees each finished request; `report_cached` rewrites the `cached_tokens`
+    callers receive (after `on_done` saw the exact count)."""
+
+    def __init__(
+        self,
+        in_addr: str,
+        out_addr: str,
+        on_done: DoneHook | None = None,
+        report_cached: Callable[[int], int] | None = None,
+    ) -> None:
         self.ctx = zmq.asyncio.Context()
         self.push = self.ctx.socket(zmq.PUSH)
         self.push.connect(in_addr)
         self.pull = self.ctx.socket(zmq.PULL)
         self.pull.connect(out_addr)
         self.queues: dict[str, asyncio.Queue[ChunkMsg | ErrorMsg]] = {}
+        self.live: dict[str, GenerateMsg] = {}  # rid -> the request, while in flight
         self.calls: dict[int, asyncio.Future[Any]] = {}
         self._cids = itertools.count()
         self._task: asyncio.Task | None = None
         self.on_done = on_done
+        self.report_cached = report_cached
 
     def start(self) -> None:
         """Start routing outputs; call from the running event loop."""
@@ -95,6 +106,7 @@ class EngineClient:
             raise EngineRequestError(f"rid: {msg.rid!r} is already in flight")
         q: asyncio.Queue[ChunkMsg | ErrorMsg] = asyncio.Queue()
         self.queues[msg.rid] = q
+        self.live[msg.rid] = msg
         finished = False
         times: list[tuple[float, int]] = []
         try:
@@ -109,10 +121,16 @@ class EngineClient:
                 finished = item.finished
                 if finished and self.on_done is not None:
                     self._report(msg, item, sent, times)
+                if self.report_cached is not None and "cached_tokens" in item.meta_info:
+                    item.meta_info["cached_tokens"] = self.report_cached(
+                        item.meta_info["cached_tokens"]
+                    )
                 yield item
         finally:
             self.queues.pop(msg.rid, None)
+            self.live.pop(msg.rid, None)
             if not finished:
+                log.info("request %r aborted: its caller went away before it finished", msg.rid)
                 self.abort_nowait(msg.rid)
 
     def _report(self, msg: GenerateMsg, last: ChunkMsg, sent: float, times: list) -> None:
@@ -134,6 +152,18 @@ class EngineClient:
     def abort_nowait(self, rid: str | None) -> None:
         """Ask the engine to abort `rid` (None: all); safe inside cancellation and `finally`."""
         self.push.send_pyobj(AbortMsg(rid), zmq.NOBLOCK)
+
+    def abort_as(self, rid: str | None, tenant: str | None) -> int:
+        """Abort `rid` (and its n samples; None: all) as `tenant` may: an admin (None) any
+        request, a tenant only its own. Returns how many live requests were targeted."""
+        if tenant is None:
+            self.abort_nowait(rid)
+            return sum(1 for m in self.live.values() if rid in (None, m.rid, m.parent_rid))
+        mine = [m.rid for m in self.live.values()
+                if m.tenant == tenant and rid in (None, m.rid, m.parent_rid)]  # fmt: skip
+        for r in mine:
+            self.abort_nowait(r)
+        return len(mine)
 
     async def call(self, kind: str, timeout: float = 30.0) -> Any:
         """Run a control call in the engine ("get_stats", "flush_cache", ...); return its result.

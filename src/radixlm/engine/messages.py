@@ -29,6 +29,7 @@ class GenerateMsg:
     return_text_in_logprobs: bool = False
     extra_key: str | None = None  # cache namespace: prefixes are shared only within one key
     parent_rid: str | None = None  # with n > 1: the caller's rid, which aborts every sample
+    tenant: str | None = None  # who sent it (None: an admin); only its tenant may abort it
 
 
 @dataclass

@@ -149,6 +149,9 @@ def _token_key(name: str, key: Any) -> int:
     return key
 
 
+LOGIT_BIAS_MAX = 100.0
+
+
 def _logit_bias(name: str, value: Any) -> Mapping[int, float] | None:
     if value is None:
         return None
@@ -156,7 +159,10 @@ def _logit_bias(name: str, value: Any) -> Mapping[int, float] | None:
         raise SamplingParamsError(name, "must be an object mapping token ids to numbers")
     bias: dict[int, float] = {}
     for key, b in value.items():
-        bias[_token_key(name, key)] = _float(name, b)
+        b = _float(name, b)
+        if not -LOGIT_BIAS_MAX <= b <= LOGIT_BIAS_MAX:  # OpenAI's range; float32-safe
+            raise SamplingParamsError(name, f"biases must be within ±{LOGIT_BIAS_MAX:g}, got {b}")
+        bias[_token_key(name, key)] = b
     return MappingProxyType(bias)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -21,6 +22,7 @@ from radixlm.engine.requests import RequestOptions, build_requests
 from radixlm.engine.results import result_of
 from radixlm.grammar import GrammarError
 from radixlm.sampling.params import SamplingParams, SamplingParamsError
+from radixlm.server.access import ADMIN, Caller, check_client_salt
 from radixlm.server.errors import ApiError, sampling_error
 from radixlm.server.state import ServerState
 
@@ -33,12 +35,20 @@ def plan(
     options: RequestOptions,
     prompt_param: str,
     names: dict[str, str] | None = None,
+    caller: Caller = ADMIN,
 ) -> list[GenerateMsg]:
-    """The engine requests of an API call (`engine.requests.build_requests`, n expanded).
+    """The engine requests of an API call (`engine.requests.build_requests`, n expanded),
+    sent by `caller`: its tenant owns them and sets their cache namespace.
 
     Raises ApiError 400 naming the bad field (`names` maps sampling fields to the API's
     names; `prompt_param` names the prompt when one cannot fit), or 429 (`check_limits`).
     """
+    try:
+        check_client_salt(options.cache_salt)
+        check_rids(rids)
+    except ValueError as e:  # "field: why"
+        raise ApiError(400, str(e), param=str(e).partition(":")[0]) from None
+    options = dataclasses.replace(options, cache_salt=caller.cache_salt(options.cache_salt))
     try:
         params = [SamplingParams.from_dict(sp) for sp in sampling]
         msgs = build_requests(prompts, params, rids, options, state.info.vocab_size,
@@ -51,7 +61,17 @@ def plan(
     for ids, p in zip(prompts, params, strict=True):
         state.check_length(ids, p.max_new_tokens, prompt_param)
     check_limits(state, msgs, prompt_param)
+    for m in msgs:
+        m.tenant = caller.tenant
     return msgs
+
+
+def check_rids(rids: list[str | None]) -> None:
+    """Raise ValueError("rid: ...") for a rid with control characters (they would forge log
+    lines) or over 256 characters."""
+    for rid in rids:
+        if rid is not None and (len(rid) > 256 or not rid.isprintable()):
+            raise ValueError("rid: at most 256 printable characters (no newlines or controls)")
 
 
 def check_limits(state: ServerState, msgs: list[GenerateMsg], prompt_param: str) -> None:

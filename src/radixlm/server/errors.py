@@ -15,8 +15,9 @@ from radixlm.sampling.params import SamplingParamsError
 
 log = logging.getLogger(__name__)
 
-TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-         413: "invalid_request_error", 429: "rate_limit_error", 500: "internal_error",
+TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+         404: "not_found_error", 405: "invalid_request_error", 413: "invalid_request_error",
+         415: "invalid_request_error", 429: "rate_limit_error", 500: "internal_error",
          503: "service_unavailable"}  # fmt: skip
 
 
@@ -81,7 +82,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, e: StarletteHTTPException) -> JSONResponse:
-        return error_response(ApiError(e.status_code, str(e.detail)))
+        # Starlette's own errors carry headers worth keeping (405's Allow).
+        return error_response(ApiError(e.status_code, str(e.detail), headers=e.headers))
 
     @app.exception_handler(json.JSONDecodeError)
     async def _json(_: Request, e: json.JSONDecodeError) -> JSONResponse:

@@ -49,6 +49,8 @@ def _prompts(state: ServerState, body: GenerateRequest) -> tuple[list[list[int]]
         texts = [body.text] if single else body.text
         if not texts:
             raise ApiError(400, "text: the list of prompts is empty", param="text")
+        for t in texts:
+            state.check_text_size(len(t), "text")
         return [state.tokenizer.encode(t) for t in texts], single, "text"
     ids = body.input_ids or []
     single = not ids or isinstance(ids[0], int)
@@ -94,7 +96,7 @@ async def generate(request: Request, body: GenerateRequest) -> Response:
     """SGLang's /generate: a result object (a list for a list input), or an SSE stream."""
     state = _state(request)
     client = state.engine()
-    prompts, single, param = _prompts(state, body)
+    prompts, single, param = await state.off_loop(_prompts, state, body)
     sampling = _per_prompt(body.sampling_params, len(prompts), "sampling_params", dict)
     rids = _per_prompt(body.rid, len(prompts), "rid", str)
     lp = RequestOptions(
@@ -104,7 +106,8 @@ async def generate(request: Request, body: GenerateRequest) -> Response:
         return_text_in_logprobs=bool(body.return_text_in_logprobs),
         cache_salt=body.cache_salt,
     )
-    msgs = plan(state, prompts, [s or {} for s in sampling], rids, lp, param)
+    msgs = plan(state, prompts, [s or {} for s in sampling], rids, lp, param,
+                caller=caller_of(request))  # fmt: skip
     if body.stream:
         return StreamingResponse(_stream(state, msgs), media_type="text/event-stream")
     results = await collect_unless_gone(request, client, msgs)
@@ -252,8 +255,10 @@ async def flush_cache(
 
 @router.post("/abort_request")
 async def abort_request(request: Request, body: AbortRequest) -> dict[str, Any]:
-    """Abort request `rid` (and its n samples), or every request with `abort_all`."""
+    """Abort request `rid` (and its n samples), or every request with `abort_all`: a tenant
+    key reaches only its own tenant's requests."""
     if body.rid is None and not body.abort_all:
         raise ApiError(400, "give rid or abort_all: true", param="rid")
-    _state(request).engine().abort_nowait(None if body.abort_all else body.rid)
+    rid = None if body.abort_all else body.rid
+    _state(request).engine().abort_as(rid, caller_of(request).tenant)
     return {"success": True}

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from radixlm.config import ServerConfig
 from radixlm.engine.client import EngineClient
@@ -17,6 +19,16 @@ from radixlm.server.metrics import ServerMetrics
 if TYPE_CHECKING:
     from radixlm.server.supervisor import EngineSupervisor
 from radixlm.tokenizer import Tokenizer
+
+T = TypeVar("T")
+
+
+def max_token_chars(tokenizer: Tokenizer | None) -> int:
+    """The most characters one token of `tokenizer` decodes to (1 without a tokenizer)."""
+    if tokenizer is None:
+        return 1
+    hf = tokenizer.hf_tokenizer
+    return max((len(hf.convert_tokens_to_string([t])) for t in hf.get_vocab()), default=1)
 
 
 class ServerState:
@@ -42,6 +54,22 @@ class ServerState:
         self.metrics = ServerMetrics(request_log=not cfg.disable_request_log)
         self.started_at = time.time()
         self.model_name = cfg.served_model_name or cfg.engine.load.model or info.model_path
+        # Tokenizing and templating run here, never on the event loop (a huge prompt would
+        # stall every other request, /health included).
+        self._cpu = ThreadPoolExecutor(2, thread_name_prefix="radixlm-tokenize")
+        # A text longer than this can never fit: refused before it is tokenized.
+        self.max_prompt_chars = info.max_request_tokens * 2 * max_token_chars(tokenizer)
+
+    async def off_loop(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args)` run in a tokenizer thread; returns its result (exceptions pass through)."""
+        return await asyncio.get_running_loop().run_in_executor(self._cpu, partial(fn, *args))
+
+    def check_text_size(self, chars: int, param: str) -> None:
+        """Raise ApiError 400 for a prompt text too long to fit whatever its tokens."""
+        if chars > self.max_prompt_chars:
+            raise ApiError(400, f"{param}: the text ({chars} characters) is longer than any "
+                           f"prompt this server can take ({self.max_request_tokens} tokens)",
+                           param=param, code="context_length_exceeded")  # fmt: skip
 
     @property
     def max_request_tokens(self) -> int:
@@ -60,7 +88,8 @@ class ServerState:
     def connect(self, in_addr: str, out_addr: str) -> None:
         """Talk to the engine at these addresses from now on (call on the event loop)."""
         self.in_addr, self.out_addr = in_addr, out_addr
-        self.client = EngineClient(in_addr, out_addr, self.metrics.request_done)
+        self.client = EngineClient(in_addr, out_addr, self.metrics.request_done,
+                                   report_cached=self.cfg.access.reported_cached)  # fmt: skip
         self.client.start()
         self.ready = True
 

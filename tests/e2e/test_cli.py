@@ -76,10 +76,10 @@ def test_key_flags_and_files_name_tenants(tmp_path):
     assert access.caller("Bearer nope") is None
     assert (access.reported_cached(700), access.reported_cached(255)) == (512, 0)
     keys.write_text("ka:alice\nka:bob\n")
-    with pytest.raises(ValueError, match="^--api-key: the same key"):
+    with pytest.raises(ValueError, match=r"^--api-key: the same key"):
         server_config_from_args(ns)
     keys.write_text("bad key:alice\n")
-    with pytest.raises(ValueError, match="^--api-key-file: .* line 1"):
+    with pytest.raises(ValueError, match=r"^--api-key-file: .* line 1"):
         server_config_from_args(ns)
 
 

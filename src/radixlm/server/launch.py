@@ -81,9 +81,10 @@ def run_server(cfg: ServerConfig) -> int:
                             supervisor=supervisor)  # fmt: skip
         print(banner(cfg, info), file=sys.stderr, flush=True)
         # SIGTERM drains: requests in flight get `drain_timeout` seconds, then are cut.
-        uv = uvicorn.Server(uvicorn.Config(create_app(state), host=cfg.host, port=cfg.port,
-                                           log_level=cfg.log_level,
-                                           timeout_graceful_shutdown=cfg.drain_timeout))  # fmt: skip
+        uv = uvicorn.Server(uvicorn.Config(
+            create_app(state), host=cfg.host, port=cfg.port, log_level=cfg.log_level,
+            timeout_graceful_shutdown=cfg.drain_timeout,
+        ))  # fmt: skip
         state.request_stop = lambda: setattr(uv, "should_exit", True)
         uv.run()
         return supervisor.exit_code

@@ -62,10 +62,14 @@ class ExpertGroup(nn.Module):
         """Sum over each token's routed experts in this group of weight * expert(x); [T, H].
 
         x: [T, H]; weights, ids: [T, k]. Pairs routed to experts outside the group add
-        nothing. One host read (the per-expert row counts) per call.
+        nothing. Up to `count` pairs run as one gathered batched matmul; more are sorted
+        by expert and run as one matmul pair per expert with tokens (one host read: the
+        per-expert row counts). Neither does Python work per token.
         """
         k = ids.shape[1]
         local = ids.reshape(-1) - self.first  # [T*k]
+        if local.numel() <= self.count:  # few pairs (decode): each reads its expert directly
+            return self._gathered(x, weights, local, k)
         mine = (local >= 0) & (local < self.count)
         local = torch.where(mine, local, self.count)  # foreign pairs sort last, dropped
         order = torch.argsort(local, stable=True)  # pairs grouped by expert
@@ -76,7 +80,7 @@ class ExpertGroup(nn.Module):
         rows = x.index_select(0, token)  # [n, H]
         out_rows = torch.empty_like(rows)
         start = 0
-        for e, c in enumerate(counts):  # one step per expert, not per token
+        for e, c in enumerate(counts):  # one step per expert (empty ones too), not per token
             block = rows[start : start + c]
             h = silu_mul(F.linear(block, self.w13[e]))
             out_rows[start : start + c] = F.linear(h, self.w2[e])
@@ -84,6 +88,19 @@ class ExpertGroup(nn.Module):
         scale = weights.reshape(-1).index_select(0, order).unsqueeze(1)  # [n, 1]
         out = torch.zeros_like(x)
         return out.index_add_(0, token, out_rows * scale)
+
+    def _gathered(
+        self, x: torch.Tensor, weights: torch.Tensor, local: torch.Tensor, k: int
+    ) -> torch.Tensor:
+        """At most `count` (token, expert) pairs: one batched matmul over each pair's own
+        expert weights (gathered: the same bytes the experts' matmuls would read)."""
+        mine = (local >= 0) & (local < self.count)
+        e = local.clamp(0, self.count - 1)  # [P]
+        rows = x.repeat_interleave(k, dim=0).unsqueeze(1)  # [P, 1, H]
+        h = torch.bmm(rows, self.w13[e].transpose(1, 2)).squeeze(1)  # [P, 2I]
+        y = torch.bmm(silu_mul(h).unsqueeze(1), self.w2[e].transpose(1, 2)).squeeze(1)  # [P, H]
+        scale = (weights.reshape(-1) * mine).unsqueeze(1)  # foreign pairs add nothing
+        return (y * scale).view(x.shape[0], k, -1).sum(dim=1)
 
 
 class SharedExpert(nn.Module):

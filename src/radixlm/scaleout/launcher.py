@@ -101,9 +101,10 @@ def _serve_until_stopped(stop: _Stop, router: subprocess.Popen, workers: list[Wo
         for w in workers:
             if w.proc.poll() is not None and restart and w.restarts < MAX_WORKER_RESTARTS:
                 w.restarts += 1
-                print(f"radixlm: worker {w.i} ({w.url}) exited with status "
-                      f"{w.proc.returncode}: starting it again", file=sys.stderr, flush=True)
+                status = w.proc.returncode
                 w.start()
+                print(f"radixlm: worker {w.i} ({w.url}) exited with status {status}: "
+                      f"started again as pid {w.proc.pid}", file=sys.stderr, flush=True)
         time.sleep(0.2)
     return 0
 

@@ -120,4 +120,8 @@ def test_quantized_moe_is_refused_clearly(tiny_model_factory, mode):
         load_model(LoadConfig(model=str(path), dtype="bfloat16", quantization=mode),
                    progress=False)  # fmt: skip
     auto = load_model(LoadConfig(model=str(path), dtype="bfloat16"), progress=False)
-    assert auto.quantization == "none"
+    assert auto.quantization == "none" and auto.dtype == torch.bfloat16
+    exact = load_model(LoadConfig(model=str(path), dtype="float32"), progress=False)
+    ids = tokens(24, seed=4, vocab=exact.config.vocab_size)
+    a, b = full_logits(exact, ids), full_logits(auto, ids)
+    assert (a - b).abs().max().item() < 0.05 * a.abs().max().item()  # bf16 rounding only

@@ -48,12 +48,7 @@ from radixlm.attention.cascade import (
     split_shared,
 )
 from radixlm.attention.groups import AttentionGroup, build_group, plan_groups
-from radixlm.attention.window import (
-    WindowGroup,
-    attend_window_groups,
-    plan_window_groups,
-    window_decode_index,
-)
+from radixlm.attention.window import WindowPlans, attend_window_groups
 from radixlm.attention.workspace import workspace_for
 from radixlm.kvcache.pool import KVPool
 from radixlm.native import kernels
@@ -250,7 +245,7 @@ class PagedContext(AttentionContext):
             seq_slots, prefix_lens, extend_lens, out_cache_loc,
             pool.shape.num_kv_heads, pool.device, check, cascade, native,
         )  # fmt: skip
-        self._window_plans: dict = {}  # window -> groups; ("decode", window) -> index
+        self.windows = WindowPlans(self.metadata)  # for window / soft-capped layers
 
     @property
     def extend_lens(self) -> list[int]:
@@ -276,10 +271,11 @@ class PagedContext(AttentionContext):
         k_buf, v_buf = self.pool.get_kv(layer_id)
         if window is not None and softcap is None and meta.decode is not None:
             # a decode batch: each sequence's last `window` keys, read in place
-            out, _ = kernels().paged_decode(q, k_buf, v_buf, *self._window_decode(window), scale)
+            index = self.windows.decode_index(window)
+            out, _ = kernels().paged_decode(q, k_buf, v_buf, *index, scale)
             return out
         if window is not None or softcap is not None:  # see attention.window
-            groups = self._window_groups(window)
+            groups = self.windows.groups(window)
             return attend_window_groups(groups, q, k_buf, v_buf, scale, softcap)
         d = k_buf.shape[-1]
         k_rows, v_rows = k_buf.view(-1, d), v_buf.view(-1, d)  # [slots * Hkv, D]
@@ -304,24 +300,6 @@ class PagedContext(AttentionContext):
                 o = self._attend_group(g, q, k_rows, v_rows, scale)  # [b * Qmax, H, D]
             out.index_copy_(0, g.t_index, o.index_select(0, g.out_index))
         return self._merge_shared(out, lse, q, k_rows, v_rows, scale)
-
-    def _window_decode(self, window: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The native kernel's index of each decoding sequence's last `window` keys."""
-        key = ("decode", window)
-        if key not in self._window_plans:
-            meta = self.metadata
-            self._window_plans[key] = window_decode_index(meta.kv_indices, meta.kv_indptr, window)
-        return self._window_plans[key]
-
-    def _window_groups(self, window: int | None) -> tuple[WindowGroup, ...]:
-        """The padded calls for layers with this window, planned once per forward."""
-        if window not in self._window_plans:
-            meta = self.metadata
-            self._window_plans[window] = plan_window_groups(
-                meta.kv_indices, meta.kv_indptr.tolist(), meta.prefix_lens, meta.extend_lens,
-                window,
-            )  # fmt: skip
-        return self._window_plans[window]
 
     def _merge_shared(
         self,

@@ -133,6 +133,35 @@ def _build(
     return WindowGroup(q_index, kv_slots, mask, out_rows, q_index[out_rows], q_len)
 
 
+class WindowPlans:
+    """The index tensors of one forward's window layers, built on first use per window.
+
+    `metadata` is the forward's `PagedAttentionMetadata` (kv_indices, kv_indptr,
+    prefix_lens, extend_lens are read). Valid for that forward only.
+    """
+
+    def __init__(self, metadata) -> None:
+        self.metadata = metadata
+        self._groups: dict[int | None, tuple[WindowGroup, ...]] = {}
+        self._decode: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def groups(self, window: int | None) -> tuple[WindowGroup, ...]:
+        """The padded calls for layers with this window (None: full, soft-capped)."""
+        if window not in self._groups:
+            m = self.metadata
+            self._groups[window] = plan_window_groups(
+                m.kv_indices, m.kv_indptr.tolist(), m.prefix_lens, m.extend_lens, window
+            )
+        return self._groups[window]
+
+    def decode_index(self, window: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The native decode kernel's index of each sequence's last `window` keys."""
+        if window not in self._decode:
+            m = self.metadata
+            self._decode[window] = window_decode_index(m.kv_indices, m.kv_indptr, window)
+        return self._decode[window]
+
+
 def window_decode_index(
     kv_indices: torch.Tensor, kv_indptr: torch.Tensor, window: int
 ) -> tuple[torch.Tensor, torch.Tensor]:

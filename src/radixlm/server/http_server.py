@@ -13,6 +13,7 @@ from radixlm.server.errors import install_error_handlers
 from radixlm.server.guards import Guard
 from radixlm.server.native_api import router as native_router
 from radixlm.server.openai_api import router as openai_router
+from radixlm.server.openapi_spec import install_openapi
 from radixlm.server.state import ServerState
 from radixlm.server.trace_api import router as trace_router
 from radixlm.server.util_api import router as util_router
@@ -41,6 +42,7 @@ def create_app(state: ServerState) -> FastAPI:
     app = FastAPI(title="radixlm", lifespan=lifespan)
     app.state.server = state
     install_error_handlers(app)
+    install_openapi(app)
 
     app.add_middleware(Guard, access=state.cfg.access, bind_host=state.cfg.host)
     if state.cfg.access.allowed_origins:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
 import radixlm
@@ -29,6 +29,9 @@ from radixlm.server.state import ServerState
 from radixlm.server.worker_api import parallel_sizes
 
 router = APIRouter()
+
+
+EMPTY_200: dict[int | str, dict[str, Any]] = {200: {"description": "OK, no body", "content": {}}}
 
 
 def sse(obj: Any) -> str:
@@ -139,7 +142,7 @@ async def _stream(state: ServerState, msgs: list) -> AsyncIterator[str]:
     yield "data: [DONE]\n\n"
 
 
-@router.get("/health")
+@router.get("/health", response_class=Response, responses=EMPTY_200)
 async def health(request: Request) -> Response:
     """200 while serving; 503 while starting, stopping, or if the engine died."""
     state = _state(request)
@@ -147,7 +150,7 @@ async def health(request: Request) -> Response:
     return Response(status_code=200)
 
 
-@router.get("/health_generate")
+@router.get("/health_generate", response_class=Response, responses=EMPTY_200)
 async def health_generate(request: Request) -> Response:
     """200 after a one-token generation succeeds; 503 if it does not within 20 s."""
     state = _state(request)
@@ -217,7 +220,7 @@ async def get_server_info(request: Request) -> dict[str, Any]:
     }
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=PlainTextResponse)
 async def metrics(request: Request) -> Response:
     """Prometheus text format: the engine's counters and gauges, and request latencies."""
     state = _state(request)
@@ -225,7 +228,7 @@ async def metrics(request: Request) -> Response:
     return Response(state.metrics.render(stats), media_type=CONTENT_TYPE_LATEST)
 
 
-@router.get("/ready")
+@router.get("/ready", response_class=Response, responses=EMPTY_200)
 async def ready(request: Request) -> Response:
     """200 once the server takes requests; 503 while starting or stopping (SGLang's /ready)."""
     _state(request).engine()

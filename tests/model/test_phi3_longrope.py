@@ -13,6 +13,8 @@ from family_checks import TOL, dense_steps, load_pair, ref_incremental_logits, r
 from helpers.reference import full_logits, tokens
 from test_paged_model import paged_forward, scattered_pool
 
+import radixlm
+
 SWITCH = 32
 
 
@@ -49,3 +51,17 @@ def test_a_prefix_cached_under_the_switch_is_reused_as_computed(tiny_model_facto
     assert (got - out.logits[0]).abs().max().item() <= TOL
     # recomputing all 40 tokens (long factors for the prefix too) gives other logits
     assert (got - full_logits(ours, ids)[20:]).abs().max().item() > 1e-3
+
+
+def test_engine_generation_across_the_switch_equals_transformers_generate(tiny_model_factory):
+    """A 26-token prompt generating 14 tokens crosses the switch while decoding."""
+    path = tiny_model_factory("phi3")
+    _, ref = load_pair(path)
+    prompt = tokens(26, seed=4, vocab=ref.config.vocab_size)
+    params = {"temperature": 0, "max_new_tokens": 14, "ignore_eos": True}
+    with radixlm.Engine(model=str(path), dtype="float32", max_total_tokens=1024) as eng:
+        got = eng.generate(input_ids=prompt, sampling_params=params)["output_ids"]
+    with torch.no_grad():
+        out = ref.generate(torch.tensor([prompt]), max_new_tokens=14, min_new_tokens=14,
+                           do_sample=False, pad_token_id=0)  # fmt: skip
+    assert got == out[0, len(prompt) :].tolist()

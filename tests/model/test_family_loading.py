@@ -6,8 +6,11 @@ import json
 
 import pytest
 import torch
+from helpers.engine_checks import assert_clean
 from helpers.reference import full_logits, tokens
+from helpers.tiny_models import FAMILY_VARIANTS
 
+import radixlm
 from radixlm.config import LoadConfig, ModelConfig
 from radixlm.loader import load_model
 from radixlm.loader.hf import read_hf_config
@@ -75,3 +78,19 @@ def test_bfloat16_and_quantized_loads_stay_close(tiny_model_factory, variant, qu
     # int4 on these unstructured random weights is coarse for Llama too (~0.25)
     bound = {"none": 0.05, "int8": 0.08, "int4": 0.5}[quantization]
     assert (a - b).abs().max().item() < bound * a.abs().max().item()
+
+
+@pytest.mark.parametrize("variant", sorted(FAMILY_VARIANTS))
+def test_the_engine_serves_every_family_with_default_dtype_and_quantization(
+    tiny_model_factory, variant
+):
+    """--dtype auto / --quantization auto (bf16 on CPUs with native bf16): a batch of
+    shared-prefix requests completes and the pool is clean afterwards."""
+    path = tiny_model_factory(variant)
+    prompts = [tokens(12, seed=1, vocab=384) + tokens(n, seed=n, vocab=384) for n in (1, 5, 9)]
+    params = {"temperature": 0, "max_new_tokens": 6, "ignore_eos": True}
+    with radixlm.Engine(model=str(path), max_total_tokens=1024, debug=True) as eng:
+        outs = eng.generate(input_ids=prompts, sampling_params=params)
+        assert all(len(o["output_ids"]) == 6 for o in outs)
+        assert all(0 <= t < 384 for o in outs for t in o["output_ids"])
+        assert_clean(eng)

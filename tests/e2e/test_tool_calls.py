@@ -340,3 +340,14 @@ def test_dropping_reasoning_from_the_history_keeps_the_prompt_prefix(client, url
         rates[keep] = [round(c / p, 3) for c, _, p in turns]
     print("\nhit rate per turn, reasoning dropped:", rates[False])
     print("hit rate per turn, reasoning kept in the history:", rates[True])
+
+
+def test_each_choice_reads_its_own_calls(client):
+    """n=2: every choice gets its own parser, its own call ids, valid arguments."""
+    out = _chat(client, 5, n=2, tool_choice="required", parallel_tool_calls=False)
+    assert [c.index for c in out.choices] == [0, 1]
+    ids = [c.message.tool_calls[0].id for c in out.choices]
+    assert len(set(ids)) == 2
+    for c in out.choices:
+        assert c.finish_reason == "tool_calls"
+        _check_calls(c.message.tool_calls)

@@ -113,3 +113,22 @@ def test_a_chat_without_max_tokens_gets_the_default(url):
     body = {"messages": [{"role": "user", "content": "hi"}], "ignore_eos": True}
     res = httpx.post(f"{url}/v1/chat/completions", json=body)
     assert res.status_code == 200 and res.json()["usage"]["completion_tokens"] == 7
+
+
+def test_small_input_traps_are_400s_naming_the_field(url):
+    cases = [
+        ({"text": "x", "rid": "a\nINFO forged log line"}, "rid"),
+        ({"text": "x", "rid": "r" * 257}, "rid"),
+        ({"text": "x", "sampling_params": {"logit_bias": {"5": 1e39}}}, "logit_bias"),
+        ({"input_ids": [1, False, 3]}, "input_ids"),
+        ({"input_ids": [[1, 2], [True]]}, "input_ids"),
+    ]
+    for body, field in cases:
+        res = httpx.post(f"{url}/generate", json=body)
+        assert res.status_code == 400, (body, res.text)
+        err = res.json()["error"]
+        assert field in (err["param"] or "") or field in err["message"], (body, err)
+    res = httpx.post(f"{url}/v1/completions", json={"prompt": [1, False], "max_tokens": 1})
+    assert res.status_code == 400 and "prompt" in res.json()["error"]["param"]
+    ok = {"text": "x", "rid": "fine-rid_1", "sampling_params": {"logit_bias": {"5": -100}}}
+    assert httpx.post(f"{url}/generate", json=ok).status_code == 200

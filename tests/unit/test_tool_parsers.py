@@ -9,7 +9,6 @@ import random
 import pytest
 
 from radixlm.server.tools import (
-    PARSERS,
     ArgsDelta,
     CallHeader,
     TextDelta,
@@ -145,23 +144,41 @@ def test_unlisted_names_are_not_calls_but_any_name_is_without_a_list():
     assert [c.name for c in make_parser("hermes", None).parse(text).calls] == ["other"]
 
 
-def test_random_texts_never_raise_and_always_agree():
-    """Fuzz: random mixtures of tags, JSON pieces and text, in random chunkings."""
-    pieces = ["<tool_call>", "</tool_call>", "{", "}", '"name": ', '"get_time"', ", ",
-              '"arguments": ', '{"a": 1}', "[", "]", "x", " ", "\n", '"', "[TOOL_CALLS]", ";",
-              "get_time(", ")", "tz='a'"]  # fmt: skip
+def _mutate(text: str, rng: random.Random) -> str:
+    """`text` with one random edit: a character dropped, doubled or inserted, or cut off."""
+    k = rng.randrange(len(text))
+    edit = rng.randrange(4)
+    if edit == 0:
+        return text[:k] + text[k + 1:]
+    if edit == 1:
+        return text[:k] + text[k] + text[k:]
+    if edit == 2:
+        return text[:k] + rng.choice('{}[]",:; x\\<>') + text[k:]
+    return text[:k]
+
+
+def test_mutated_calls_never_raise_and_always_agree():
+    """Fuzz: the cases' texts with random edits, in random chunkings: same reading as the
+    whole text, arguments always an object's JSON, and many of them still calls."""
     rng = random.Random(0)
-    for _ in range(300):
-        text = "".join(rng.choice(pieces) for _ in range(rng.randint(1, 14)))
-        for name in PARSERS:
-            whole = make_parser(name, NAMES).parse(text)
-            for chunks in itertools.islice(_chunkings(text, 3), 5):
-                got = collect(_run(name, chunks))
-                assert got.content == whole.content, (name, text, chunks)
-                assert [(c.name, c.arguments) for c in got.calls] == \
-                    [(c.name, c.arguments) for c in whole.calls], (name, text)
+    with_calls = 0
+    for name, text, _, _ in CASES:
+        for _ in range(40):
+            bad = _mutate(text, rng)
+            if not bad:
+                continue
+            whole = make_parser(name, NAMES).parse(bad)
+            with_calls += bool(whole.calls)
             for c in whole.calls:
-                json.loads(c.arguments)
+                assert isinstance(json.loads(c.arguments), dict), (name, bad)
+            for chunks in itertools.islice(_chunkings(bad, 3), 5):
+                events = _run(name, chunks)
+                _check_order(events)
+                got = collect(events)
+                assert got.content == whole.content, (name, bad, chunks)
+                assert [(c.name, c.arguments) for c in got.calls] == \
+                    [(c.name, c.arguments) for c in whole.calls], (name, bad, chunks)
+    assert with_calls > 200  # the edits mostly land inside calls, exercising the repair
 
 
 def test_default_parser_follows_the_template():

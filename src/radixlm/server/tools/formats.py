@@ -42,15 +42,16 @@ class HermesParser(JsonCallParser):
         elif self.end.startswith(rest) or self.start.startswith(rest):
             if final:
                 self._buf = ""
-        else:
-            k = rest.find(self.end)
-            if k >= 0:
-                self._buf = rest[k + len(self.end):]
-                self._state = "after_end"
+        else:  # stray text: dropped up to the first end tag or new call
+            ends = [(k, m) for m in (self.end, self.start) if (k := rest.find(m)) >= 0]
+            if ends:
+                k, _ = min(ends)
+                self._buf = rest[k:]
             elif final:
                 self._buf = ""
-            else:  # keep only what could still begin the end tag
-                self._buf = rest[len(rest) - partial_suffix(rest, self.end):]
+            else:  # keep only what could still begin either tag
+                keep = max(partial_suffix(rest, self.end), partial_suffix(rest, self.start))
+                self._buf = rest[len(rest) - keep:]
 
     def _in_after_end(self, final: bool) -> None:
         _, rest = _lstrip(self._buf)

@@ -54,7 +54,8 @@ def is_json_prefix(text: str) -> bool:
     if not text.strip():
         return True
     try:
-        fix(text)
+        head, tail = fix(text)
+        json.loads(head + tail)  # the library lets some bad escapes through (`\u0e9"`)
     except Exception:  # MalformedJSON, JSONDecodeError, or the library's own IndexError
         return False
     return True
@@ -124,13 +125,32 @@ def walk_object(text: str) -> _Walk:
         i += 1
 
 
-def close_json(prefix: str) -> str:
-    """What to append to `prefix` (a JSON prefix ending where `fix` cut it) so it parses."""
+def _closing(prefix: str) -> str | None:
+    """What appended to `prefix` makes it parse (per `fix`), or None when appending alone
+    cannot (a trailing comma, half a literal or escape)."""
     try:
-        head, tail = fix(prefix)
+        _, tail = fix(prefix)
+        json.loads(prefix + tail)
+    except Exception:
+        return None
+    return tail
+
+
+def closable_prefix(prefix: str) -> str:
+    """The longest start of JSON prefix `prefix` that appending alone can close: `prefix`
+    itself, or where `fix` cuts it."""
+    if _closing(prefix) is not None:
+        return prefix
+    try:
+        head, _ = fix(prefix)
     except Exception:
         return ""
-    return tail if head == prefix else ""
+    return head
+
+
+def close_json(prefix: str) -> str:
+    """What to append to `prefix` (from `closable_prefix`) so it parses ('' if nothing can)."""
+    return _closing(prefix) or ""
 
 
 class CallStream:
@@ -190,10 +210,7 @@ class CallStream:
         if end is not None:
             target = self.text[start:end]
         else:
-            try:
-                target, _ = fix(longest_json_prefix(self.text[start:]))
-            except Exception:
-                target = self._emitted
+            target = closable_prefix(longest_json_prefix(self.text[start:]))
         if not target.startswith(self._emitted):
             return ""
         new = target[len(self._emitted):]

@@ -157,8 +157,9 @@ class ModelConfig:
             raise ValueError(f"unsupported hidden_act {self.hidden_act!r} (silu, gelu_tanh)")
 
     def layer_window(self, layer: int) -> int | None:
-        """The sliding window of layer `layer`, or None for a full-attention layer."""
-        if not self.sliding_window:
+        """The sliding window of layer `layer`, or None for a full-attention layer (also
+        when the window spans the whole context, as Phi-3.5's does)."""
+        if not self.sliding_window or self.sliding_window >= self.max_position_embeddings:
             return None
         if self.layer_types and self.layer_types[layer] != "sliding":
             return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -44,6 +45,8 @@ def test_family_deltas_read_from_config_json(tiny_model_factory):
     assert read_hf_config(tiny_model_factory("qwen2")).layer_window(0) is None
     m = read_hf_config(tiny_model_factory("mistral_swa"))
     assert m.layer_window(1) == 8 and m.context_length == m.max_position_embeddings
+    wide = dataclasses.replace(m, sliding_window=m.max_position_embeddings)
+    assert wide.layer_window(1) is None  # a window over the whole context is no window
     moe = read_hf_config(tiny_model_factory("qwen3_moe")).moe
     assert moe is not None and (moe.num_experts, moe.top_k, moe.dense_layers) == (8, 2, (1,))
     shared = read_hf_config(tiny_model_factory("qwen2_moe")).moe

@@ -110,7 +110,9 @@ def _make_mlp(config: ModelConfig, layer_id: int) -> nn.Module:
 class DecoderLayer(nn.Module):
     def __init__(self, config: ModelConfig, layer_id: int) -> None:
         super().__init__()
-        self.sliding = config.layer_window(layer_id) is not None
+        # the sliding layers' rope (Gemma 3's local base), whatever their window
+        types = config.layer_types
+        self.sliding = types[layer_id] == "sliding" if types else bool(config.sliding_window)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.self_attn = Attention(config, layer_id)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)

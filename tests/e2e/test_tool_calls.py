@@ -20,6 +20,8 @@ import openai
 import pytest
 from e2e.server_process import free_port, start_server, stop_server
 
+from radixlm.bench.oracle import OracleCache
+
 WEATHER = {
     "type": "object",
     "properties": {
@@ -266,21 +268,13 @@ def test_bad_tool_fields_are_400_naming_the_field(url, body, param):
     assert httpx.get(f"{url}/health").status_code == 200
 
 
-def _lcp(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
 def _agent_loop(client, url, turns: int, first: str, step) -> list[tuple[int, int, int]]:
     """Run `turns` turns; `step(history, turn)` asks the model and returns the messages to
-    append. Returns (cached, oracle, prompt) per turn; oracle is the longest prefix the
-    turn's prompt shares with an earlier turn's prompt (what any cache could reuse of them)."""
+    append. Returns (cached, oracle, prompt) per turn; oracle is what a cache holding every
+    earlier prompt could serve of this one (`radixlm.bench.oracle`; the answers' token ids
+    are not in the OpenAI API, so the oracle leaves them out)."""
     history = [{"role": "system", "content": first}, ASK[0]]
-    seen: list[list[int]] = []
+    oracle = OracleCache()
     out = []
     for turn in range(turns):
         ids = httpx.post(f"{url}/tokenize", json={"messages": history, "tools": TOOLS}).json()
@@ -288,8 +282,8 @@ def _agent_loop(client, url, turns: int, first: str, step) -> list[tuple[int, in
         reply, new = step(history, turn)
         assert reply.usage.prompt_tokens == len(ids)
         cached = reply.usage.prompt_tokens_details.cached_tokens
-        out.append((cached, max((_lcp(ids, p) for p in seen), default=0), len(ids)))
-        seen.append(ids)
+        out.append((cached, oracle.match(ids), len(ids)))
+        oracle.insert(ids)
         history += new
     return out
 

@@ -19,7 +19,8 @@ import pytest
 import torch
 from family_checks import TOL
 from gguf import GGUFWriter, RopeScalingType, get_tensor_name_map
-from gguf.constants import MODEL_ARCH
+from gguf.constants import MODEL_ARCH, GGMLQuantizationType
+from gguf.quants import quantize
 from helpers.reference import full_logits, tokens
 from safetensors.torch import load_file
 
@@ -28,6 +29,7 @@ from radixlm.loader import load_model
 from radixlm.loader.gguf import read_gguf_config
 from radixlm.loader.hf import read_hf_config
 
+Q8 = GGMLQuantizationType.Q8_0
 # our variant -> llama.cpp's architecture
 ARCH = {"qwen3": "QWEN3", "gemma2": "GEMMA2", "gemma3": "GEMMA3", "phi3": "PHI3",
         "mixtral": "LLAMA", "qwen3_moe": "QWEN3MOE", "qwen2_moe": "QWEN2MOE"}  # fmt: skip
@@ -84,8 +86,9 @@ def _metadata(writer: GGUFWriter, variant: str, cfg: dict) -> None:
         writer.add_expert_shared_feed_forward_length(cfg["shared_expert_intermediate_size"])
 
 
-def write_family_gguf(hf_dir: Path, variant: str, out: Path) -> Path:
-    """Convert the tiny checkpoint of `variant` in `hf_dir` to the F32 GGUF file `out`."""
+def write_family_gguf(hf_dir: Path, variant: str, out: Path, q8: bool = False) -> Path:
+    """Convert the tiny checkpoint of `variant` in `hf_dir` to the GGUF file `out`: F32,
+    or with `q8` every 2-D weight as Q8_0."""
     cfg = json.loads((hf_dir / "config.json").read_text())
     arch = MODEL_ARCH[ARCH[variant]]
     names = get_tensor_name_map(arch, cfg["num_hidden_layers"])
@@ -110,7 +113,11 @@ def write_family_gguf(hf_dir: Path, variant: str, out: Path) -> Path:
             hf_name, try_suffixes=(".weight", ".bias")
         )
         assert name is not None, hf_name
-        writer.add_tensor(name, np.ascontiguousarray(w, dtype=np.float32))
+        w = np.ascontiguousarray(w, dtype=np.float32)
+        if q8 and w.ndim == 2:
+            writer.add_tensor(name, quantize(w, Q8), raw_dtype=Q8)
+        else:
+            writer.add_tensor(name, w)
     for (layer, part), by_expert in sorted(experts.items()):
         stacked = np.stack([by_expert[e] for e in sorted(by_expert)])  # [E, out, in]
         writer.add_tensor(f"blk.{layer}.ffn_{part}_exps.weight", stacked)
@@ -139,3 +146,19 @@ def test_gguf_and_safetensors_give_the_same_model(tiny_model_factory, tmp_path, 
     b = load_model(LoadConfig(model=str(hf_dir), dtype="float32"), progress=False)
     ids = tokens(40, seed=11, vocab=b.config.vocab_size)
     torch.testing.assert_close(full_logits(a, ids), full_logits(b, ids), rtol=0, atol=TOL)
+
+
+@pytest.mark.parametrize("variant", ["qwen3", "gemma2", "gemma3", "phi3"])
+def test_a_q8_0_file_runs_int8_in_bfloat16_and_stays_close(tiny_model_factory, tmp_path, variant):
+    """--dtype bfloat16 --quantization auto keeps a Q8_0 file's precision (int8 weights);
+    its distribution stays close to the same file dequantized to float32."""
+    path = write_family_gguf(tiny_model_factory(variant), variant, tmp_path / "q8.gguf", q8=True)
+    exact = load_model(LoadConfig(model=str(path), dtype="float32"), progress=False)
+    quant = load_model(LoadConfig(model=str(path), dtype="bfloat16"), progress=False)
+    assert exact.quantization == "none" and quant.quantization == "int8"
+    ids = tokens(40, seed=12, vocab=exact.config.vocab_size)
+    ref = full_logits(exact, ids).log_softmax(-1)
+    got = full_logits(quant, ids).float().log_softmax(-1)
+    kl = (ref.exp() * (ref - got)).sum(-1).mean().item()
+    print(f"{variant} Q8_0 as int8: mean KL {kl:.1e}")
+    assert kl < 1e-3, kl

@@ -120,7 +120,11 @@ def write_family_gguf(hf_dir: Path, variant: str, out: Path, q8: bool = False) -
             writer.add_tensor(name, w)
     for (layer, part), by_expert in sorted(experts.items()):
         stacked = np.stack([by_expert[e] for e in sorted(by_expert)])  # [E, out, in]
-        writer.add_tensor(f"blk.{layer}.ffn_{part}_exps.weight", stacked)
+        name = f"blk.{layer}.ffn_{part}_exps.weight"
+        if q8:
+            writer.add_tensor(name, quantize(stacked, Q8), raw_dtype=Q8)
+        else:
+            writer.add_tensor(name, stacked)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
@@ -148,7 +152,7 @@ def test_gguf_and_safetensors_give_the_same_model(tiny_model_factory, tmp_path, 
     torch.testing.assert_close(full_logits(a, ids), full_logits(b, ids), rtol=0, atol=TOL)
 
 
-@pytest.mark.parametrize("variant", ["qwen3", "gemma2", "gemma3", "phi3"])
+@pytest.mark.parametrize("variant", ["qwen3", "gemma2", "gemma3", "phi3", "mixtral", "qwen3_moe"])
 def test_a_q8_0_file_runs_int8_in_bfloat16_and_stays_close(tiny_model_factory, tmp_path, variant):
     """--dtype bfloat16 --quantization auto keeps a Q8_0 file's precision (int8 weights);
     its distribution stays close to the same file dequantized to float32."""

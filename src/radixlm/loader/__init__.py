@@ -88,7 +88,7 @@ def load_model(load: LoadConfig, progress: bool = True) -> LoadedModel:
     config = read_model_config(path)
     (dtype, why), device = load.dtype_choice(), load.resolved_device()
     start = time.perf_counter()
-    mode, quant_why = choose_quantization(load.quantization, path, dtype, device, config)
+    mode, quant_why = choose_quantization(load.quantization, path, dtype, device)
     with torch.device("meta"):
         model = LlamaForCausalLM(config)
     quantizer = QuantizingLoader(model, mode, dtype) if mode != "none" else None

@@ -7,7 +7,8 @@ float copy of the model ever exists), and installs `Int8Linear` /
 `Int4Linear` modules once every shard of a fused projection has arrived.
 
 What is quantized: every projection of every layer (q/k/v, o, gate/up,
-down) in the chosen mode, and the token embedding (with the tied or untied
+down, and each expert's gate/up and down in a mixture-of-experts layer) in the
+chosen mode, and the token embedding (with the tied or untied
 output projection) as int8 in both modes: int4 on the vocabulary projection
 costs more accuracy than its share of the memory saves (docs/quantization.md).
 Norms and biases stay in the compute dtype.
@@ -23,8 +24,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from radixlm.config import ModelConfig
 from radixlm.models.llama import LlamaForCausalLM
+from radixlm.models.moe import MoEBlock, QuantizedExperts
 from radixlm.models.quant import (
     Int4Linear,
     Int8Embedding,
@@ -54,11 +55,7 @@ def gguf_weight_mode(path: Path) -> str:
 
 
 def choose_quantization(
-    requested: str,
-    path: Path,
-    dtype: torch.dtype,
-    device: torch.device,
-    config: ModelConfig | None = None,
+    requested: str, path: Path, dtype: torch.dtype, device: torch.device
 ) -> tuple[str, str]:
     """(mode "none" | "int8" | "int4", why) for `--quantization requested` (one of
     QUANTIZATION_MODES, checked by LoadConfig) on this model.
@@ -70,13 +67,6 @@ def choose_quantization(
     """
     if requested == "none":
         return "none", "as asked"
-    if config is not None and config.moe is not None:  # experts are stacked, not nn.Linear
-        if requested in ("int8", "int4"):
-            raise ValueError(
-                f"quantization: {requested} weight-only layers do not cover the experts of "
-                f"{config.architecture} (mixture of experts); use --quantization none"
-            )
-        return "none", "auto: mixture-of-experts weights stay dense"
     if device.type != "cpu":
         return "none", f"no weight-only kernels used on {device.type}: dense {dtype}"
     if requested != "auto":
@@ -102,7 +92,14 @@ class QuantizingLoader:
     def __init__(self, model: LlamaForCausalLM, mode: str, dtype: torch.dtype) -> None:
         self.model, self.mode, self.dtype = model, mode, dtype
         config = model.config
-        self.targets = {f"layers.{i}.{p}" for i in range(config.num_layers) for p in _PROJECTIONS}
+        moe_layers = {i for i, layer in enumerate(model.layers) if isinstance(layer.mlp, MoEBlock)}
+        self.targets = {
+            f"layers.{i}.{p}" for i in range(config.num_layers) for p in _PROJECTIONS
+            if not (i in moe_layers and p.startswith("mlp."))
+        }  # fmt: skip
+        # stacked experts: module -> {(param, expert, part): quantized tensors}
+        self.expert_targets = {f"layers.{i}.mlp.experts" for i in moe_layers}
+        self._experts: dict[str, dict[tuple, tuple[torch.Tensor, ...]]] = defaultdict(dict)
         self.embed_name = "embed_tokens"
         self.head_name = None if config.tie_word_embeddings else "lm_head"
         self.targets |= {self.embed_name, *([self.head_name] if self.head_name else [])}
@@ -111,7 +108,7 @@ class QuantizingLoader:
 
     def prepare(self) -> None:
         """Replace every target module (still on the meta device) with an empty placeholder."""
-        for name in self.targets:
+        for name in self.targets | self.expert_targets:
             self.model.set_submodule(name, nn.Module())
         if self.head_name is None:
             self.model.lm_head = nn.Module()
@@ -126,7 +123,11 @@ class QuantizingLoader:
                 continue
             name, shard = target
             module, _, kind = name.rpartition(".")
-            if module not in self.targets:
+            if module in self.expert_targets:
+                assert isinstance(shard, tuple)  # (expert, part)
+                w = tensor.float()
+                self._experts[module][(kind, *shard)] = self._quantize_expert(kind, w)
+            elif module not in self.targets:
                 yield hf_name, tensor
             elif kind == "bias":
                 self._bias[module][shard] = tensor
@@ -136,6 +137,13 @@ class QuantizingLoader:
     def _quantize(self, module: str, w: torch.Tensor) -> tuple[torch.Tensor, ...]:
         n, k = w.shape
         if self._mode_of(module, n, k) == "int4":
+            return quantize_int4(w)
+        return quantize_int8(w)
+
+    def _quantize_expert(self, param: str, w: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        n, k = w.shape  # one part of an expert: gate or up of w13 ([I, H]), or w2 ([H, I])
+        rows = 2 * n if param == "w13" else n  # gate and up become one linear
+        if self.mode == "int4" and int4_supported(rows, k):
             return quantize_int4(w)
         return quantize_int8(w)
 
@@ -163,10 +171,28 @@ class QuantizingLoader:
             if biases:
                 bias = torch.cat([biases[k] for k in sorted(biases, key=lambda s: s or 0)])
             self.model.set_submodule(module, self._build(module, merged, bias))
+        for module in sorted(self.expert_targets):
+            self.model.set_submodule(module, self._build_experts(module))
         if self.head_name is None:
             embed = self.model.embed_tokens
             assert isinstance(embed, Int8Embedding)
             self.model.lm_head = embed.as_linear()
+
+    def _build_experts(self, module: str) -> QuantizedExperts:
+        """One quantized gate/up and down linear per expert, from the collected parts."""
+        parts = self._experts.get(module, {})
+        moe = self.model.config.moe
+        assert moe is not None
+        w13, w2 = [], []
+        for e in range(moe.num_experts):
+            keys = [("w13", e, 0), ("w13", e, 1), ("w2", e, None)]
+            if any(k not in parts for k in keys):
+                raise ValueError(f"checkpoint is missing weights of {module!r} expert {e}")
+            gate_up = [torch.cat(cols, dim=0) for cols in zip(parts[keys[0]], parts[keys[1]],
+                                                               strict=True)]  # fmt: skip
+            w13.append(self._build(module, gate_up, None))
+            w2.append(self._build(module, list(parts[keys[2]]), None))
+        return QuantizedExperts(w13, w2)
 
     def _build(self, module: str, merged: list[torch.Tensor], bias: torch.Tensor | None):
         if module == self.embed_name:

@@ -6,6 +6,9 @@ contiguous block of rows; each expert runs one gate/up matmul and one down
 matmul on its block; the rows, scaled by their routing weights, are summed
 back into their tokens. The Python work is one step per expert, whatever T.
 
+`ExpertGroup` keeps the experts dense; `QuantizedExperts` (built by
+`loader.quantize`) holds one weight-only int8/int4 linear pair per expert.
+
 Expert placement: `ExpertGroup` holds experts [first, first + count) of the
 layer. On one rank that is all of them. Placing experts on ranks means each
 rank builds the group of its own slice, runs only the pairs routed to it
@@ -41,20 +44,16 @@ class Router(nn.Module):
         return weights.to(x.dtype), ids
 
 
-class ExpertGroup(nn.Module):
-    """Experts [first, first + count) of one layer as stacked weights.
+class _Experts(nn.Module):
+    """Experts [first, first + count) of one layer: routing pairs in, weighted sums out."""
 
-    w13: [count, 2I, H] (gate rows then up rows, as the fused dense MLP);
-    w2: [count, H, I].
-    """
+    first: int
+    count: int
+    skip_empty = False  # whether experts with no pair are skipped (a host-side branch)
 
-    def __init__(self, hidden: int, moe: MoEConfig, first: int = 0, count: int | None = None):
-        super().__init__()
-        self.first = first
-        self.count = moe.num_experts - first if count is None else count
-        inter = moe.intermediate_size
-        self.w13 = nn.Parameter(torch.empty(self.count, 2 * inter, hidden))
-        self.w2 = nn.Parameter(torch.empty(self.count, hidden, inter))
+    def run(self, e: int, rows: torch.Tensor) -> torch.Tensor:
+        """Expert e (local index) on rows [n, H]; returns [n, H]."""
+        raise NotImplementedError
 
     def forward(
         self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor
@@ -62,14 +61,11 @@ class ExpertGroup(nn.Module):
         """Sum over each token's routed experts in this group of weight * expert(x); [T, H].
 
         x: [T, H]; weights, ids: [T, k]. Pairs routed to experts outside the group add
-        nothing. Up to `count` pairs run as one gathered batched matmul; more are sorted
-        by expert and run as one matmul pair per expert with tokens (one host read: the
-        per-expert row counts). Neither does Python work per token.
+        nothing. The pairs are sorted by expert and each expert runs once on its block
+        of rows (one host read: the per-expert row counts); no Python work per token.
         """
         k = ids.shape[1]
         local = ids.reshape(-1) - self.first  # [T*k]
-        if local.numel() <= self.count:  # few pairs (decode): each reads its expert directly
-            return self._gathered(x, weights, local, k)
         mine = (local >= 0) & (local < self.count)
         local = torch.where(mine, local, self.count)  # foreign pairs sort last, dropped
         order = torch.argsort(local, stable=True)  # pairs grouped by expert
@@ -80,14 +76,39 @@ class ExpertGroup(nn.Module):
         rows = x.index_select(0, token)  # [n, H]
         out_rows = torch.empty_like(rows)
         start = 0
-        for e, c in enumerate(counts):  # one step per expert (empty ones too), not per token
-            block = rows[start : start + c]
-            h = silu_mul(F.linear(block, self.w13[e]))
-            out_rows[start : start + c] = F.linear(h, self.w2[e])
+        for e, c in enumerate(counts):  # one step per expert, not per token
+            if c or not self.skip_empty:
+                out_rows[start : start + c] = self.run(e, rows[start : start + c])
             start += c
         scale = weights.reshape(-1).index_select(0, order).unsqueeze(1)  # [n, 1]
         out = torch.zeros_like(x)
         return out.index_add_(0, token, out_rows * scale)
+
+
+class ExpertGroup(_Experts):
+    """Dense experts as stacked weights: w13 [count, 2I, H] (gate rows then up rows, as
+    the fused dense MLP) and w2 [count, H, I]."""
+
+    def __init__(self, hidden: int, moe: MoEConfig, first: int = 0, count: int | None = None):
+        super().__init__()
+        self.first = first
+        self.count = moe.num_experts - first if count is None else count
+        inter = moe.intermediate_size
+        self.w13 = nn.Parameter(torch.empty(self.count, 2 * inter, hidden))
+        self.w2 = nn.Parameter(torch.empty(self.count, hidden, inter))
+
+    def run(self, e: int, rows: torch.Tensor) -> torch.Tensor:
+        return F.linear(silu_mul(F.linear(rows, self.w13[e])), self.w2[e])
+
+    def forward(
+        self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor
+    ) -> torch.Tensor:
+        """As `_Experts.forward`; up to `count` pairs (decode) run as one gathered batched
+        matmul instead, every empty expert included in the sorted form (a fixed op count)."""
+        local = ids.reshape(-1) - self.first  # [T*k]
+        if local.numel() <= self.count:
+            return self._gathered(x, weights, local, ids.shape[1])
+        return super().forward(x, weights, ids)
 
     def _gathered(
         self, x: torch.Tensor, weights: torch.Tensor, local: torch.Tensor, k: int
@@ -101,6 +122,21 @@ class ExpertGroup(nn.Module):
         y = torch.bmm(silu_mul(h).unsqueeze(1), self.w2[e].transpose(1, 2)).squeeze(1)  # [P, H]
         scale = (weights.reshape(-1) * mine).unsqueeze(1)  # foreign pairs add nothing
         return (y * scale).view(x.shape[0], k, -1).sum(dim=1)
+
+
+class QuantizedExperts(_Experts):
+    """Experts as weight-only quantized linears (`models.quant`), one gate/up and one down
+    per expert; experts without pairs are skipped (the kernels take no empty input)."""
+
+    skip_empty = True
+
+    def __init__(self, w13: list[nn.Module], w2: list[nn.Module], first: int = 0) -> None:
+        super().__init__()
+        self.first, self.count = first, len(w13)
+        self.w13, self.w2 = nn.ModuleList(w13), nn.ModuleList(w2)
+
+    def run(self, e: int, rows: torch.Tensor) -> torch.Tensor:
+        return self.w2[e](silu_mul(self.w13[e](rows)))
 
 
 class SharedExpert(nn.Module):
@@ -121,7 +157,7 @@ class MoEBlock(nn.Module):
     def __init__(self, hidden: int, moe: MoEConfig) -> None:
         super().__init__()
         self.gate = Router(hidden, moe)
-        self.experts = ExpertGroup(hidden, moe)
+        self.experts: _Experts = ExpertGroup(hidden, moe)
         self.shared_expert: SharedExpert | None = None
         self.shared_expert_gate: nn.Linear | None = None
         if moe.shared_intermediate_size:
@@ -137,5 +173,6 @@ class MoEBlock(nn.Module):
 
     def expert_bytes(self) -> tuple[int, int]:
         """(bytes of the routed experts' weights, bytes one token's k experts use)."""
-        total = sum(p.numel() * p.element_size() for p in self.experts.parameters())
+        tensors = [*self.experts.parameters(), *self.experts.buffers()]
+        total = sum(t.numel() * t.element_size() for t in tensors)
         return total, total * self.gate.top_k // max(1, self.experts.count)

@@ -66,3 +66,21 @@ def test_window_and_softcap_match_explicit_softmax(
     _, plain = run_paged(pool, seqs, prefix_lens, extend_lens, scale, native)
     first = reference(seqs[0][3], seqs[0][1], seqs[0][2], prefix_lens[0], scale, None, None)
     assert (plain[: extend_lens[0]] - first).abs().max().item() < 1e-5
+
+
+def test_soft_capped_scores_in_query_chunks_equal_one_pass(monkeypatch):
+    """Long prefills compute capped scores a few query rows at a time: the same result."""
+    from radixlm.attention import window
+
+    prefix_lens, extend_lens = [9, 0], [23, 17]
+    pool, seqs = scenario(prefix_lens, extend_lens, num_heads=4, num_kv_heads=2, seed=5)
+    out_loc = torch.cat([s[p:] for (s, *_), p in zip(seqs, prefix_lens, strict=True)])
+    q = torch.cat([q for *_, q in seqs])
+    k = torch.cat([k[p:] for (_, k, _, _), p in zip(seqs, prefix_lens, strict=True)])
+    v = torch.cat([v[p:] for (_, _, v, _), p in zip(seqs, prefix_lens, strict=True)])
+    outs = []
+    for elements in (1 << 24, 4 * 32 * 3):  # one pass; then 3 query rows per chunk
+        monkeypatch.setattr(window, "SCORE_ELEMENTS", elements)
+        ctx = PagedContext(pool, [s for s, *_ in seqs], prefix_lens, extend_lens, out_loc)
+        outs.append(ctx.attend(0, q, k, v, D**-0.5, 6, 2.0))
+    torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=1e-6)

@@ -24,6 +24,8 @@ import torch.nn.functional as F
 
 from radixlm.kvcache.pool import PAD_SLOT
 
+SCORE_ELEMENTS = 1 << 24  # explicit (soft-capped) scores held at once: 64 MiB in float32
+
 
 def masked_attention(
     q: torch.Tensor,
@@ -44,11 +46,18 @@ def masked_attention(
         )
     groups = q.shape[1] // k.shape[1]
     k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-    scores = torch.matmul(q, k.transpose(-1, -2)) * scale  # [b, H, n, L]
-    scores = torch.tanh(scores / softcap) * softcap
-    scores = scores.masked_fill(~mask.unsqueeze(1), float("-inf"))
-    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
-    return torch.matmul(probs, v)
+    b, h, n, _ = q.shape
+    # explicit scores [b, H, rows, L] for at most SCORE_ELEMENTS at a time (long prefills)
+    rows = max(1, SCORE_ELEMENTS // max(1, b * h * k.shape[2]))
+    out = []
+    for start in range(0, n, rows):  # query chunks, not tokens: one pass for short inputs
+        qc, mc = q[:, :, start : start + rows], mask[:, start : start + rows]
+        scores = torch.matmul(qc, k.transpose(-1, -2)) * scale
+        scores = torch.tanh(scores / softcap) * softcap
+        scores = scores.masked_fill(~mc.unsqueeze(1), float("-inf"))
+        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+        out.append(torch.matmul(probs, v))
+    return out[0] if len(out) == 1 else torch.cat(out, dim=2)
 
 
 def visible(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None) -> torch.Tensor:

@@ -68,13 +68,15 @@ def _ops_of_forward(loaded, n: int) -> Counter[str]:
 
 def test_expert_work_does_not_grow_with_the_tokens(tiny_model_factory):
     """A forward of 256 tokens runs the same operations as one of 64 (one matmul pair per
-    expert, none per token); so do 1 and 4 tokens (one gathered batched matmul)."""
+    expert, none per token); a decode-sized forward runs one pair per expert it hits."""
     ours, _ = load_pair(tiny_model_factory("qwen3_moe"))
     moe = ours.config.moe
     assert moe is not None
     many = _ops_of_forward(ours, 64)
     assert many == _ops_of_forward(ours, 256)
-    assert _ops_of_forward(ours, 1) == _ops_of_forward(ours, moe.num_experts // moe.top_k)
+    few = _ops_of_forward(ours, moe.num_experts // moe.top_k)  # pairs == experts
+    one = _ops_of_forward(ours, 1)
+    assert one["aten.linear.default"] < few["aten.linear.default"] <= many["aten.linear.default"]
     # the expert matmuls: one gate/up and one down per expert per MoE layer
     moe_layers = sum(isinstance(layer.mlp, MoEBlock) for layer in ours.model.layers)
     assert moe_layers == 2

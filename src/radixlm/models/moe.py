@@ -49,11 +49,14 @@ class _Experts(nn.Module):
 
     first: int
     count: int
-    skip_empty = False  # whether experts with no pair are skipped (a host-side branch)
 
     def run(self, e: int, rows: torch.Tensor) -> torch.Tensor:
         """Expert e (local index) on rows [n, H]; returns [n, H]."""
         raise NotImplementedError
+
+    def skip_empty(self, pairs: int) -> bool:
+        """Whether experts without pairs are skipped for a call with `pairs` pairs."""
+        return True
 
     def forward(
         self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor
@@ -65,6 +68,7 @@ class _Experts(nn.Module):
         of rows (one host read: the per-expert row counts); no Python work per token.
         """
         k = ids.shape[1]
+        skip = self.skip_empty(ids.numel())
         local = ids.reshape(-1) - self.first  # [T*k]
         mine = (local >= 0) & (local < self.count)
         local = torch.where(mine, local, self.count)  # foreign pairs sort last, dropped
@@ -77,7 +81,7 @@ class _Experts(nn.Module):
         out_rows = torch.empty_like(rows)
         start = 0
         for e, c in enumerate(counts):  # one step per expert, not per token
-            if c or not self.skip_empty:
+            if c or not skip:
                 out_rows[start : start + c] = self.run(e, rows[start : start + c])
             start += c
         scale = weights.reshape(-1).index_select(0, order).unsqueeze(1)  # [n, 1]
@@ -100,35 +104,15 @@ class ExpertGroup(_Experts):
     def run(self, e: int, rows: torch.Tensor) -> torch.Tensor:
         return F.linear(silu_mul(F.linear(rows, self.w13[e])), self.w2[e])
 
-    def forward(
-        self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor
-    ) -> torch.Tensor:
-        """As `_Experts.forward`; up to `count` pairs (decode) run as one gathered batched
-        matmul instead, every empty expert included in the sorted form (a fixed op count)."""
-        local = ids.reshape(-1) - self.first  # [T*k]
-        if local.numel() <= self.count:
-            return self._gathered(x, weights, local, ids.shape[1])
-        return super().forward(x, weights, ids)
-
-    def _gathered(
-        self, x: torch.Tensor, weights: torch.Tensor, local: torch.Tensor, k: int
-    ) -> torch.Tensor:
-        """At most `count` (token, expert) pairs: one batched matmul over each pair's own
-        expert weights (gathered: the same bytes the experts' matmuls would read)."""
-        mine = (local >= 0) & (local < self.count)
-        e = local.clamp(0, self.count - 1)  # [P]
-        rows = x.repeat_interleave(k, dim=0).unsqueeze(1)  # [P, 1, H]
-        h = torch.bmm(rows, self.w13[e].transpose(1, 2)).squeeze(1)  # [P, 2I]
-        y = torch.bmm(silu_mul(h).unsqueeze(1), self.w2[e].transpose(1, 2)).squeeze(1)  # [P, H]
-        scale = (weights.reshape(-1) * mine).unsqueeze(1)  # foreign pairs add nothing
-        return (y * scale).view(x.shape[0], k, -1).sum(dim=1)
+    def skip_empty(self, pairs: int) -> bool:
+        """Few pairs (decode): only the experts hit run, reading their weights in place.
+        More pairs: every expert runs, empty ones too, so the work is a fixed set of ops."""
+        return pairs <= self.count
 
 
 class QuantizedExperts(_Experts):
     """Experts as weight-only quantized linears (`models.quant`), one gate/up and one down
     per expert; experts without pairs are skipped (the kernels take no empty input)."""
-
-    skip_empty = True
 
     def __init__(self, w13: list[nn.Module], w2: list[nn.Module], first: int = 0) -> None:
         super().__init__()

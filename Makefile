@@ -38,6 +38,10 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))' \
 	  > "$$($(BENCH_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/radixlm-venv.pth"
 	$(BENCH_VENV)/bin/pip install --quiet --no-deps $(BENCH_DEPS)
+	# Headless Chromium for tests/browser, from Debian (Playwright's own browser download
+	# needs internet); without root or apt the browser tests skip and say so.
+	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
+	  || echo "chromium not installed: tests/browser will skip (apt-get install chromium)"
 	# Build the native CPU kernels once now (cached under ~/.cache/radixlm), not in a first request.
 	$(BIN)/python -c 'from radixlm.native import kernels; kernels()'
 	rm -f $(VENV)/.installed-*

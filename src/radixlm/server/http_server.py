@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+from radixlm.server.cache_view import router as cache_view_router
 from radixlm.server.errors import install_error_handlers
 from radixlm.server.guards import Guard
 from radixlm.server.native_api import router as native_router
@@ -52,6 +53,7 @@ def create_app(state: ServerState) -> FastAPI:
                            allow_methods=["*"], allow_headers=["*"])  # fmt: skip
     app.include_router(native_router)
     app.include_router(openai_router)
+    app.include_router(cache_view_router)
     app.include_router(util_router)
     app.include_router(worker_router)
     app.include_router(trace_router)

@@ -19,9 +19,12 @@ def make_cache(total: int = 4096) -> RadixCache:
     return RadixCache(KVPool(SHAPE, total, page_size=1, debug=True))
 
 
-def put(cache: RadixCache, key: list[int], extra_key=None, usage: CacheUsage | None = None):
+def put(
+    cache: RadixCache, key: list[int], extra_key=None, usage: CacheUsage | None = None,
+    check: bool = True,
+) -> None:
     """One request through the protocol (match, lock, alloc, insert, free, unlock); counts its
-    admission in `usage` like the scheduler does."""
+    admission in `usage` like the scheduler does; then the integrity check, with `check`."""
     m = cache.match_prefix(key, extra_key, record=False)
     cache.inc_lock_ref(m.last_node)
     if usage is not None:
@@ -32,7 +35,8 @@ def put(cache: RadixCache, key: list[int], extra_key=None, usage: CacheUsage | N
     n = cache.insert(key, slots, extra_key)
     cache.pool.free(slots[m.prefix_len : n])
     cache.dec_lock_ref(m.last_node)
-    cache.check_integrity()
+    if check:
+        cache.check_integrity()
 
 
 def real_nodes(snap: dict) -> list[dict]:
@@ -129,3 +133,16 @@ def test_limits_are_validated():
         SnapshotLimits(max_nodes=0)
     with pytest.raises(ValueError, match="min_share"):
         SnapshotLimits(min_share=1.0)
+
+
+def test_a_big_tree_gives_a_small_snapshot():
+    cache = make_cache(total=40_000)
+    for i in range(3000):  # 60 groups of 50 leaves: ~3,060 nodes
+        put(cache, [i % 60, 7, 7, i, i + 1, i + 2, i + 3], check=False)
+    cache.check_integrity()
+    snap = tree_snapshot(cache)  # the default limits
+    assert snap["tree_nodes"] > 3000 and snap["drawn_nodes"] <= SnapshotLimits().max_nodes
+    drawn = [n for n in snap["nodes"] if n["kind"] in ("node", "merged")]
+    assert sum(n["tokens"] for n in drawn) == snap["tree_tokens"] == cache.total_size
+    assert snap["drawn_nodes"] + snap["merged_nodes"] == snap["tree_nodes"]
+    assert len(json.dumps(snap)) < 120_000

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from radixlm.kvcache.activity import EVICTIONS_KEPT, CacheUsage, namespace_label
+from radixlm.kvcache.chunk_cache import ChunkCache
 from radixlm.kvcache.pool import KVPool, PoolShape
 from radixlm.kvcache.radix_cache import RadixCache
 from radixlm.kvcache.snapshot import SnapshotLimits, tree_snapshot
@@ -146,3 +147,10 @@ def test_a_big_tree_gives_a_small_snapshot():
     assert sum(n["tokens"] for n in drawn) == snap["tree_tokens"] == cache.total_size
     assert snap["drawn_nodes"] + snap["merged_nodes"] == snap["tree_nodes"]
     assert len(json.dumps(snap)) < 120_000
+
+
+def test_a_cache_that_shares_nothing_gives_an_empty_tree():
+    cache = ChunkCache(KVPool(SHAPE, 64, page_size=1, debug=True))
+    snap = tree_snapshot(cache, CacheUsage())
+    assert snap["tree_nodes"] == snap["tree_tokens"] == 0 and snap["clock"] == 0
+    assert [n["kind"] for n in snap["nodes"]] == ["root"] and snap["evictions"]["recent"] == []

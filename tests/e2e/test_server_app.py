@@ -35,6 +35,12 @@ def test_api_key_is_required_except_for_health(tmp_path):
         ok = c.get("/v1/models", headers=_auth("secret"))
         assert ok.status_code == 200 and ok.json()["data"][0]["id"] == "tiny"
         assert c.get("/health").status_code == 200
+        assert "www-authenticate" not in res.headers
+        page = c.get("/cache")  # a page a person opens: the browser may ask for the key
+        assert page.status_code == 401 and page.headers["www-authenticate"].startswith("Basic")
+        assert c.get("/v1/models", auth=("any-user", "secret")).status_code == 200
+        assert c.get("/v1/models", auth=("any-user", "wrong")).status_code == 401
+        assert c.get("/v1/models", headers={"Authorization": "Basic !!"}).status_code == 401
 
 
 def test_tenant_keys_reach_only_tenant_routes(tmp_path):

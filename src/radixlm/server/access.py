@@ -9,6 +9,7 @@ is admin, and Host/Origin checks keep web pages on other sites from driving it.
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,13 +115,14 @@ class AccessConfig:
     def caller(self, authorization: str) -> Caller | None:
         """The caller an `Authorization` header value names; None when the key is wrong.
 
-        Without keys every caller is admin. Keys are compared in constant time.
+        `Bearer KEY`, or HTTP Basic with the key as the password (what a browser sends
+        for a page). Without keys every caller is admin. Keys compare in constant time.
         """
         if not self.api_keys:
             return ADMIN
         import hmac
 
-        given = authorization.removeprefix("Bearer ").strip()
+        given = _presented_key(authorization)
         for key in self.api_keys:
             if hmac.compare_digest(given.encode(), key.key.encode()):
                 return Caller(key.tenant)
@@ -157,6 +159,16 @@ class AccessConfig:
         if self.cache_report == "coarse":
             return cached - cached % COARSE_TOKENS
         return 0
+
+
+def _presented_key(authorization: str) -> str:
+    scheme, _, value = authorization.strip().partition(" ")
+    if scheme.lower() == "basic":
+        try:
+            return base64.b64decode(value, validate=True).decode().partition(":")[2]
+        except (ValueError, UnicodeDecodeError):
+            return ""
+    return value.strip() if scheme.lower() == "bearer" else ""
 
 
 def _hostname(host_header: str) -> str:

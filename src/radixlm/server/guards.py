@@ -36,6 +36,7 @@ TENANT_PATHS = ("/generate", "/v1/completions", "/v1/chat/completions", "/v1/mod
                 "/abort_request", "/health", "/health_generate", "/ready", "/get_model_info",
                 "/model_info", "/tokenize", "/detokenize", "/version")  # fmt: skip
 TENANT_PREFIXES = ("/v1/models/",)
+BROWSER_PATHS, BROWSER_PREFIXES = ("/cache", "/docs"), ("/cache/",)
 _SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")  # a JSON escape of a UTF-16 surrogate
 
 
@@ -74,7 +75,10 @@ class Guard:
             return ADMIN
         caller = self.access.caller(headers.get("authorization", ""))
         if caller is None:
-            raise ApiError(401, "missing or wrong API key")
+            # Pages a person opens in a browser: let it ask for the key (as the password).
+            ask = {"WWW-Authenticate": 'Basic realm="radixlm"'} if path in BROWSER_PATHS or (
+                path.startswith(BROWSER_PREFIXES)) else None  # fmt: skip
+            raise ApiError(401, "missing or wrong API key", headers=ask)
         if not caller.admin and path not in TENANT_PATHS and not path.startswith(TENANT_PREFIXES):
             raise ApiError(403, f"{path} needs an admin API key", "permission_error")
         return caller

@@ -353,3 +353,19 @@ def test_vllm_router_kv_aware_follows_the_kv_events(tiny_model_factory):
         status = stop_dp(launch)
     assert status == 0
     assert_all_gone(pids)
+
+
+def test_worker_load_routes_in_sglang_shape(server):
+    """The routes a router polls, on one plain server (the session's shared one)."""
+    assert httpx.get(f"{server.url}/version").json()["version"]
+    [load] = httpx.get(f"{server.url}/get_load").json()
+    assert set(load) == {"dp_rank", "num_reqs", "num_waiting_reqs", "num_tokens"}
+    body = httpx.get(f"{server.url}/v1/loads", params={"include": "all"}).json()
+    [entry] = body["loads"]
+    assert body["dp_rank_count"] == 1 and entry["dp_rank"] == 0
+    assert entry["max_total_num_tokens"] == 4096 and 0 <= entry["token_usage"] <= 1
+    assert entry["num_total_reqs"] == entry["num_running_reqs"] + entry["num_waiting_reqs"]
+    assert {"memory", "queues"} <= set(entry)
+    assert httpx.get(f"{server.url}/loads").json()["loads"][0].keys() >= {"cache_hit_rate"}
+    bad = httpx.get(f"{server.url}/v1/loads", params={"include": "core,gpu"})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "include"

@@ -24,6 +24,7 @@ from radixlm.kvcache.events import (
     BlockTracker,
     ZmqEventPublisher,
     chain_hashes,
+    decode_batch,
     encode_batch,
     tree_block_hashes,
 )
@@ -209,4 +210,52 @@ def test_publisher_frames_decode_with_vllm_definitions(encoding: str):
         assert decoder.decode(frames[0][-1]).events == [ev]
     finally:
         pub.close()
+        ctx.destroy(linger=0)
+
+
+def test_engine_under_eviction_publishes_exactly_its_tree(tiny_model_factory):
+    """A real engine (scheduler inserts, decode growth, evictions in a 256-token pool,
+    salts, a flush): a subscriber's replay of its PUB socket equals its tree's blocks."""
+    import json
+
+    from radixlm import Engine
+
+    port = _free_port()
+    events = json.dumps({"enable_kv_cache_events": True, "endpoint": f"tcp://127.0.0.1:{port}",
+                         "block_size": 8})  # fmt: skip
+    engine = Engine(str(tiny_model_factory("llama")), dtype="float32", max_total_tokens=256,
+                    kv_events_config=events)  # fmt: skip
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.connect(f"tcp://127.0.0.1:{port}")
+    try:
+        deadline = time.monotonic() + 10
+        while not sub.poll(100):  # flush until the subscription is live (AllBlocksCleared)
+            assert time.monotonic() < deadline, "the subscriber never connected"
+            engine.flush_cache()
+        replay, kinds = BlockSetReplay(), set()
+
+        def drain() -> None:
+            while sub.poll(300):
+                for ev in decode_batch(sub.recv_multipart()[2])[1]:
+                    kinds.add(ev[0])
+                    replay.apply(ev)
+
+        rng = random.Random(0)
+        stems = [[rng.randrange(1, 200) for _ in range(40)] for _ in range(4)]
+        for i in range(24):
+            ids = rng.choice(stems)[: rng.randrange(8, 40)] + [rng.randrange(1, 200)
+                                                              for _ in range(rng.randrange(12))]
+            engine.generate(input_ids=ids, sampling_params={"max_new_tokens": 6},
+                            cache_salt=rng.choice(SALTS))  # fmt: skip
+            if i == 12:
+                drain()
+                engine.flush_cache()
+        drain()
+        cache = engine.scheduler.kv.cache
+        assert set(replay.blocks) == tree_block_hashes(cache.root, 8)
+        assert {"BlockStored", "BlockRemoved", "AllBlocksCleared"} <= kinds
+    finally:
+        engine.shutdown()
         ctx.destroy(linger=0)

@@ -69,15 +69,16 @@ def main() -> None:
     tokens = sum(len(r.key) for r in reqs) / len(reqs)
     print(f"{len(reqs)} requests, {tokens:.0f} prompt tokens each on average; "
           f"written in {t_write:.1f} s, read in {t_read:.1f} s ({len(reqs) / t_read:.0f} req/s)")
-    print(f"{'policy':>8} {'pool tokens':>12} {'hit rate':>9} {'replay s':>9} {'req/s':>8}")
+    print(f"{'policy':>8} {'pool tokens':>12} {'hit rate':>9} {'replay s':>9} {'req/s':>8} "
+          f"{'req/cpu-s':>10}")
     for policy in ("lpm", "fcfs"):
         cfg = scheduler_config(trace.header.scheduler, policy)
         for pool in (65536, 16384):
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             r = replay(reqs, pool, cfg, trace.header.context_length)
-            dt = time.perf_counter() - t
+            dt, dc = time.perf_counter() - t, time.process_time() - c
             print(f"{policy:>8} {pool:>12} {100 * r.hit_rate:>8.1f}% {dt:>9.2f} "
-                  f"{len(reqs) / dt:>8.0f}")
+                  f"{len(reqs) / dt:>8.0f} {len(reqs) / dc:>10.0f}")
 
 
 if __name__ == "__main__":

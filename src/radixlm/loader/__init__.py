@@ -11,8 +11,10 @@ from pathlib import Path
 import torch
 
 from radixlm.config import LoadConfig, ModelConfig
+from radixlm.distributed.group import TPGroup
 from radixlm.loader.quantize import QuantizingLoader, choose_quantization
 from radixlm.models.llama import LlamaForCausalLM
+from radixlm.models.parallel import local_config, shard_weights
 
 log = logging.getLogger(__name__)
 
@@ -82,22 +84,35 @@ class LoadedModel:
         return self.model.memory_bytes()
 
 
-def load_model(load: LoadConfig, progress: bool = True) -> LoadedModel:
-    """Build the model for `load.model` and fill it with its weights, in eval mode."""
+def load_model(load: LoadConfig, progress: bool = True, tp: TPGroup | None = None) -> LoadedModel:
+    """Build the model for `load.model` and fill it with its weights, in eval mode.
+
+    With `tp` (size > 1) the model is this rank's shard: its config is the per-rank
+    one and each checkpoint tensor is sliced as it streams in, so no rank holds the
+    full model. Only dense float32 weights shard so far (ValueError otherwise).
+    """
     path = resolve_model_path(load.model)
-    config = read_model_config(path)
+    full_config = config = read_model_config(path)
     (dtype, why), device = load.dtype_choice(), load.resolved_device()
     start = time.perf_counter()
     mode, quant_why = choose_quantization(load.quantization, path, dtype, device)
+    if tp is not None and tp.size > 1:
+        if mode != "none" or dtype != torch.float32:
+            raise ValueError("--tp > 1 needs --dtype float32 and --quantization none for now")
+        config = local_config(full_config, tp)
+    else:
+        tp = None
     with torch.device("meta"):
-        model = LlamaForCausalLM(config)
+        model = LlamaForCausalLM(config, tp)
     quantizer = QuantizingLoader(model, mode, dtype) if mode != "none" else None
     if quantizer is not None:
         quantizer.prepare()  # the projections are never materialised densely
     # Materialise uninitialised storage on the target device; copy_ casts each weight.
     model = model.to_empty(device=device).to(dtype=dtype)
     model.tie_weights()
-    weights = _iter_weights(path, config, progress)
+    weights = _iter_weights(path, full_config, progress)
+    if tp is not None:
+        weights = shard_weights(full_config, tp, weights)
     model.load_weights(quantizer.filter(weights) if quantizer else weights)
     if quantizer is not None:
         quantizer.install()

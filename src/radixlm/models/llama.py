@@ -23,9 +23,11 @@ from torch import nn
 
 from radixlm.attention.base import AttentionContext
 from radixlm.config import ModelConfig
+from radixlm.distributed.group import TPGroup
 from radixlm.models import weights as W
 from radixlm.models.moe import MoEBlock
 from radixlm.models.ops import add_rms_norm, apply_rope_, refine_top_logits, rms_norm, silu_mul
+from radixlm.models.parallel import RowParallelLinear, VocabParallelEmbedding, VocabParallelHead
 from radixlm.models.rope import Rotary, rope_inv_freq
 
 __all__ = ["LlamaForCausalLM", "rope_inv_freq"]
@@ -51,7 +53,7 @@ class RMSNorm(nn.Module):
 
 
 class Attention(nn.Module):
-    def __init__(self, config: ModelConfig, layer_id: int) -> None:
+    def __init__(self, config: ModelConfig, layer_id: int, tp: TPGroup | None = None) -> None:
         super().__init__()
         self.layer_id = layer_id
         self.num_heads = config.num_heads
@@ -64,7 +66,11 @@ class Attention(nn.Module):
         self.qkv_proj = nn.Linear(
             config.hidden_size, self.q_size + 2 * self.kv_size, bias=config.attention_bias
         )
-        self.o_proj = nn.Linear(self.q_size, config.hidden_size, bias=False)
+        self.o_proj = (  # tensor parallel: this rank's heads in, all-reduced out
+            RowParallelLinear(self.q_size, config.hidden_size, tp)
+            if tp is not None
+            else nn.Linear(self.q_size, config.hidden_size, bias=False)
+        )
         self.q_norm = self.k_norm = None
         if config.qk_norm:  # per head, over head_dim, before rotary
             self.q_norm = RMSNorm(config.head_dim, config.rms_norm_eps)
@@ -85,12 +91,18 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, config: ModelConfig, intermediate_size: int | None = None) -> None:
+    def __init__(
+        self, config: ModelConfig, intermediate_size: int | None = None, tp: TPGroup | None = None
+    ) -> None:
         super().__init__()
         inter = intermediate_size or config.intermediate_size
         self.gelu = config.hidden_act == "gelu_tanh"
         self.gate_up_proj = nn.Linear(config.hidden_size, 2 * inter, bias=False)
-        self.down_proj = nn.Linear(inter, config.hidden_size, bias=False)
+        self.down_proj = (
+            RowParallelLinear(inter, config.hidden_size, tp)
+            if tp is not None
+            else nn.Linear(inter, config.hidden_size, bias=False)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate_up = self.gate_up_proj(x)
@@ -100,23 +112,23 @@ class MLP(nn.Module):
         return self.down_proj(silu_mul(gate_up))
 
 
-def _make_mlp(config: ModelConfig, layer_id: int) -> nn.Module:
+def _make_mlp(config: ModelConfig, layer_id: int, tp: TPGroup | None = None) -> nn.Module:
     moe = config.moe
     if moe is None or layer_id in moe.dense_layers:
-        return MLP(config)
+        return MLP(config, tp=tp)
     return MoEBlock(config.hidden_size, moe)
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, config: ModelConfig, layer_id: int) -> None:
+    def __init__(self, config: ModelConfig, layer_id: int, tp: TPGroup | None = None) -> None:
         super().__init__()
         # the sliding layers' rope (Gemma 3's local base), whatever their window
         types = config.layer_types
         self.sliding = types[layer_id] == "sliding" if types else bool(config.sliding_window)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.self_attn = Attention(config, layer_id)
+        self.self_attn = Attention(config, layer_id, tp)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.mlp = _make_mlp(config, layer_id)
+        self.mlp = _make_mlp(config, layer_id, tp)
 
     def forward(
         self, x: torch.Tensor, delta: torch.Tensor | None, rope: Rope, ctx: AttentionContext
@@ -136,8 +148,8 @@ class SandwichDecoderLayer(DecoderLayer):
     `pre_feedforward_layernorm` the MLP input (the checkpoint's names).
     """
 
-    def __init__(self, config: ModelConfig, layer_id: int) -> None:
-        super().__init__(config, layer_id)
+    def __init__(self, config: ModelConfig, layer_id: int, tp: TPGroup | None = None) -> None:
+        super().__init__(config, layer_id, tp)
         self.pre_feedforward_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_feedforward_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
@@ -154,14 +166,19 @@ class SandwichDecoderLayer(DecoderLayer):
 class LlamaForCausalLM(nn.Module):
     """The decoder of every supported family (the name is kept from its first one)."""
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, tp: TPGroup | None = None) -> None:
+        """`tp`: this rank's tensor-parallel group; `config` is then the per-rank one
+        (`models.parallel.local_config`) and the weights are this rank's slices."""
         super().__init__()
-        self.config = config
+        self.config, self.tp = config, tp
         layer_cls = SandwichDecoderLayer if config.sandwich_norms else DecoderLayer
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(layer_cls(config, i) for i in range(config.num_layers))
+        v, hidden = config.vocab_size, config.hidden_size
+        self.embed_tokens = VocabParallelEmbedding(v, hidden, tp) if tp else nn.Embedding(v, hidden)
+        self.layers = nn.ModuleList(layer_cls(config, i, tp) for i in range(config.num_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = (
+            VocabParallelHead(hidden, v, tp) if tp else nn.Linear(hidden, v, bias=False)
+        )
         self.tie_weights()
         device = self.embed_tokens.weight.device
         self.init_rotary(torch.device("cpu") if device.type == "meta" else device)

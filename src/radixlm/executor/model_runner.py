@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from radixlm.attention.paged import PagedContext
+from radixlm.distributed.plan import broadcast
 from radixlm.kvcache.pool import KVPool
 from radixlm.models.llama import LlamaForCausalLM
 
@@ -44,9 +45,19 @@ class ModelRunner:
         self.model = model
         self.pool = pool
         self.device = pool.device
+        tp = getattr(model, "tp", None)
+        self._leader = tp is not None and tp.rank == 0  # sends each plan to the other ranks
+        if self._leader:
+            broadcast(pool.total)  # the worker ranks size their pools from it
 
     def forward(self, items: list[ForwardItem]) -> ForwardOutput:
-        """Run one forward over `items` (writing their new K/V into the pool)."""
+        """Run one forward over `items` (writing their new K/V into the pool).
+
+        Under tensor parallelism rank 0 first sends `items` to the other ranks,
+        which run the same forward on their shards (`distributed.worker`).
+        """
+        if self._leader:
+            broadcast(items)
         extend_lens = [len(it.new_ids) for it in items]
         ids = [t for it in items for t in it.new_ids]
         input_ids = torch.tensor(ids, dtype=torch.int64, device=self.device)

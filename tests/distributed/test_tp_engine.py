@@ -23,7 +23,7 @@ from tests.helpers.tiny_models import write_tiny_model
 
 GREEDY = {"temperature": 0, "max_new_tokens": 8, "ignore_eos": True}
 PREFIX = list(range(10, 40))
-PROMPTS = [PREFIX + [50 + i, 60 + i] for i in range(3)] + [list(range(70, 80))]
+PROMPTS = [[*PREFIX, 50 + i, 60 + i] for i in range(3)] + [list(range(70, 80))]
 
 
 def _options(model: str, cache: bool) -> dict:
@@ -36,7 +36,7 @@ def _scenario(eng) -> dict:
     first = [r["output_ids"] for r in eng.generate(input_ids=PROMPTS, sampling_params=GREEDY)]
     second = [r["output_ids"] for r in eng.generate(input_ids=PROMPTS, sampling_params=GREEDY)]
     long = {"temperature": 0, "max_new_tokens": 60, "ignore_eos": True}
-    stream = eng.generate_stream(input_ids=PREFIX + [90], sampling_params=long, rid="a")
+    stream = eng.generate_stream(input_ids=[*PREFIX, 90], sampling_params=long, rid="a")
     for i, chunk in enumerate(stream):
         if i == 2:
             eng.abort("a")

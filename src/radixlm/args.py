@@ -143,6 +143,12 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
                    help="publish KV cache events as vLLM does, e.g. '{\"enable_kv_cache_events"
                    "\": true, \"endpoint\": \"tcp://*:5557\", \"block_size\": 16}' "
                    "(see docs/scale-out.md)")  # fmt: skip
+    e.add_argument("--tp", "--tp-size", type=int, default=1, dest="tp_size",
+                   help="tensor parallel ranks (torch.distributed; float32 dense only)")
+    e.add_argument("--nnodes", type=int, default=1, help="hosts the --tp ranks span")
+    e.add_argument("--node-rank", type=int, default=0, help="this host's index (0 serves)")
+    e.add_argument("--dist-init-addr", default=None, metavar="HOST:PORT",
+                   help="node 0's torch.distributed rendezvous (needed with --nnodes > 1)")
     policies = [p.value for p in SchedulePolicyName]
     e.add_argument("--schedule-policy", default="lpm", choices=policies)
     e.add_argument("--chunked-prefill-size", type=int, default=None)
@@ -175,7 +181,7 @@ def server_config_from_args(ns: argparse.Namespace) -> ServerConfig:
     engine: dict[str, Any] = {"model": ns.model, "dtype": ns.dtype, "device": ns.device,
                               "quantization": ns.quantization}  # fmt: skip
     for name in ("schedule_policy", "disable_radix_cache", "cache_dir", "cache_dir_max_gb",
-                 "kv_events_config",
+                 "kv_events_config", "tp_size", "nnodes", "node_rank", "dist_init_addr",
                  "grammar_backend",
                  "disable_jump_forward", "queue_timeout", "trace_dir", "trace_hash",
                  "trace_page_size", "trace_max_mb", "trace_max_files"):  # fmt: skip

@@ -51,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
         from radixlm.server.launch import run_server
 
         cfg = config(server_config_from_args)  # checks the flags every worker gets
+        if cfg.engine.load.node_rank > 0:  # tensor-parallel ranks only; node 0 serves
+            from radixlm.distributed.launch import run_node
+
+            return run_node(cfg.engine)
         if ns.dp > 1:
             from radixlm.scaleout.launcher import run_dp
 

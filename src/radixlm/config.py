@@ -201,8 +201,20 @@ class LoadConfig:
     device: str = "auto"  # "auto" = cuda when available, else cpu
     tokenizer: str | None = None  # a HF directory; default: the model's own
     quantization: str = "auto"  # one of QUANTIZATION_MODES; see loader.quantize
+    # tensor parallelism (radixlm.distributed): tp_size ranks over nnodes hosts, rank 0 on
+    # node 0 schedules; dist_init_addr "host:port" is rank 0's rendezvous (default: loopback)
+    tp_size: int = 1
+    nnodes: int = 1
+    node_rank: int = 0
+    dist_init_addr: str | None = None
 
     def __post_init__(self) -> None:
+        if self.tp_size < 1 or self.nnodes < 1 or self.tp_size % self.nnodes:
+            raise ValueError("tp_size: must be >= 1 and a multiple of nnodes")
+        if not 0 <= self.node_rank < self.nnodes:
+            raise ValueError("node_rank: must be in 0..nnodes-1")
+        if self.nnodes > 1 and not self.dist_init_addr:
+            raise ValueError("dist_init_addr: required with nnodes > 1 (host:port of node 0)")
         if self.quantization not in QUANTIZATION_MODES:
             raise ValueError(
                 f"quantization: unknown mode {self.quantization!r}; "

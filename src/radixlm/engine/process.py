@@ -25,6 +25,7 @@ from typing import Any
 import zmq
 
 from radixlm.config import EngineConfig
+from radixlm.distributed.plan import send_stop
 from radixlm.engine.loop import EngineLoop
 from radixlm.engine.messages import ModelInfo, ReadyMsg
 from radixlm.engine.setup import Runtime, build_runtime
@@ -120,5 +121,6 @@ def run_engine_process(
                       config.queue_timeout, trace=rt.trace)  # fmt: skip
     try:
         loop.run(alive=alive)  # no orphans
+        send_stop()  # the tensor-parallel ranks > 0, if any, leave their loops
     finally:
         ctx.destroy(linger=1000)  # lets the last errors reach the server

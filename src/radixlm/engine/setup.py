@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass
 
 from radixlm.config import EngineConfig
+from radixlm.distributed.launch import start_tp
 from radixlm.grammar import GrammarCache, make_backend
 from radixlm.kvcache.chunk_cache import ChunkCache
 from radixlm.kvcache.events import attach as attach_kv_events
@@ -36,7 +37,7 @@ def build_runtime(
     config: EngineConfig, loaded: LoadedModel | None = None, tokenizer: Tokenizer | None = None
 ) -> Runtime:
     """Load (or reuse `loaded` / `tokenizer`) and wire the pool, cache and scheduler."""
-    loaded = loaded or load_model(config.load)
+    loaded = loaded or load_model(config.load, tp=start_tp(config))  # tp: ranks started
     if loaded.device.type == "cpu":
         kernels()  # build (or load) the native kernels now, not in the first decode step
     if tokenizer is None and not config.skip_tokenizer_init:

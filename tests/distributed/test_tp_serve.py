@@ -1,0 +1,61 @@
+"""`radixlm serve --tp 2` end to end: a greedy /generate answers what TP=1 answers, and
+stopping the server leaves no tensor-parallel rank behind."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+import radixlm
+from tests.e2e.server_process import free_port, pid_alive, read_log, start_server, stop_server
+from tests.helpers.tiny_models import write_tiny_model
+
+GREEDY = {"temperature": 0, "max_new_tokens": 8, "ignore_eos": True}
+PROMPT = list(range(10, 30))
+
+
+def _children(pid: int) -> list[int]:
+    """The direct children of `pid` (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def test_serve_tp2_generates_tp1_tokens(tmp_path: Path):
+    model = str(write_tiny_model(tmp_path / "m", "llama"))
+    with radixlm.Engine(model=model, dtype="float32", quantization="none",
+                        max_total_tokens=1024) as eng:  # fmt: skip
+        expected = eng.generate(input_ids=PROMPT, sampling_params=GREEDY)["output_ids"]
+    port = free_port()
+    cmd = [sys.executable, "-m", "radixlm.cli", "--log-level", "warning", "serve", "--tp", "2",
+           "--model", model, "--port", str(port), "--dtype", "float32", "--quantization",
+           "none", "--device", "cpu", "--max-total-tokens", "1024"]  # fmt: skip
+    proc = start_server(cmd, port, env={"OMP_NUM_THREADS": "1"})
+    try:
+        url = f"http://127.0.0.1:{port}"
+        engine_pid = httpx.get(f"{url}/get_server_info").json()["engine_pid"]
+        ranks = _children(engine_pid)
+        assert len(ranks) == 1, read_log(proc)  # rank 1, started by the engine (rank 0)
+        for _ in range(2):  # the second one hits the radix cache
+            body = {"input_ids": PROMPT, "sampling_params": GREEDY}
+            r = httpx.post(f"{url}/generate", json=body, timeout=60)
+            assert r.status_code == 200, r.text
+            assert r.json()["output_ids"] == expected
+    finally:
+        stop_server(proc, signal.SIGINT)
+    deadline = time.monotonic() + 20
+    while any(pid_alive(p) for p in ranks) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for p in ranks:  # reap nothing of ours; just check it is gone (or a zombie of init)
+        assert not pid_alive(p) or "Z" in Path(f"/proc/{p}/stat").read_text().split()[2]

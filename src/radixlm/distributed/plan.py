@@ -23,6 +23,8 @@ def broadcast(obj: Any = None) -> Any:
 
 
 def send_stop() -> None:
-    """Rank 0: tell the worker ranks to leave their loop (call once, at shutdown)."""
+    """Rank 0: tell the worker ranks to leave their loop and leave the group (call once,
+    at shutdown). A no-op without a process group."""
     if dist.is_initialized():
         broadcast(None)
+        dist.destroy_process_group()  # an undestroyed gloo group can abort the exit

@@ -27,6 +27,7 @@ def main(argv: list[str]) -> int:
         config = dataclasses.replace(config, load=dataclasses.replace(load, device=f"cuda:{local}"))
     tp = init_tp_group(rank, load.tp_size, addr, str(device))
     run_worker(config, tp)
+    torch.distributed.destroy_process_group()
     return 0
 
 

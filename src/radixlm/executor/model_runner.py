@@ -45,6 +45,7 @@ class ModelRunner:
         self.model = model
         self.pool = pool
         self.device = pool.device
+        self.forwards = 0  # forwards run (under tensor parallelism: plans sent)
         tp = getattr(model, "tp", None)
         self._leader = tp is not None and tp.rank == 0  # sends each plan to the other ranks
         if self._leader:
@@ -56,6 +57,7 @@ class ModelRunner:
         Under tensor parallelism rank 0 first sends `items` to the other ranks,
         which run the same forward on their shards (`distributed.worker`).
         """
+        self.forwards += 1
         if self._leader:
             broadcast(items)
         extend_lens = [len(it.new_ids) for it in items]

@@ -3,6 +3,7 @@ stopping the server leaves no tensor-parallel rank behind."""
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import time
@@ -52,10 +53,30 @@ def test_serve_tp2_generates_tp1_tokens(tmp_path: Path):
             r = httpx.post(f"{url}/generate", json=body, timeout=60)
             assert r.status_code == 200, r.text
             assert r.json()["output_ids"] == expected
+        os.kill(engine_pid, signal.SIGKILL)  # rank 0 dies: its rank 1 must not linger
+        _wait_gone(ranks)
+        assert all(_gone(p) for p in ranks), "a rank outlived its killed rank 0"
+        deadline = time.monotonic() + 60  # the server starts a new engine (and rank 1)
+        while httpx.get(f"{url}/health").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.3)
+        r = httpx.post(f"{url}/generate", json=body, timeout=90)
+        assert r.status_code == 200 and r.json()["output_ids"] == expected, r.text
+        ranks += _children(httpx.get(f"{url}/get_server_info").json()["engine_pid"])
     finally:
         stop_server(proc, signal.SIGINT)
-    deadline = time.monotonic() + 20
-    while any(pid_alive(p) for p in ranks) and time.monotonic() < deadline:
+    _wait_gone(ranks)
+    assert len(ranks) == 2 and all(_gone(p) for p in ranks)
+
+
+def _gone(pid: int) -> bool:
+    """Exited (a zombie waiting for its reaper counts: it runs nothing)."""
+    try:
+        return not pid_alive(pid) or Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+    except OSError:
+        return True
+
+
+def _wait_gone(pids: list[int], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not all(_gone(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.2)
-    for p in ranks:  # reap nothing of ours; just check it is gone (or a zombie of init)
-        assert not pid_alive(p) or "Z" in Path(f"/proc/{p}/stat").read_text().split()[2]

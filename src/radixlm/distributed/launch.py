@@ -9,7 +9,10 @@ EngineConfig on stdin, so it starts cleanly from a daemonic engine process.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import pickle
+import signal
 import socket
 import subprocess
 import sys
@@ -33,10 +36,21 @@ def init_method(load: LoadConfig) -> str:
         return f"tcp://127.0.0.1:{s.getsockname()[1]}"
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: SIGTERM when the thread that started it ends (Linux),
+    so a rank blocked in a collective never outlives a killed rank 0."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def spawn_rank(config: EngineConfig, rank: int, addr: str) -> subprocess.Popen:
-    """Start rank `rank` (> 0) as a child process; it runs until rank 0 stops it."""
+    """Start rank `rank` (> 0) as a child process; it runs until rank 0 stops it, or until
+    the thread that started it is gone."""
     proc = subprocess.Popen([sys.executable, "-m", "radixlm.distributed.rank", str(rank), addr],
-                            stdin=subprocess.PIPE)  # fmt: skip
+                            stdin=subprocess.PIPE, preexec_fn=_die_with_parent)  # fmt: skip
     assert proc.stdin is not None
     proc.stdin.write(pickle.dumps(config))
     proc.stdin.close()

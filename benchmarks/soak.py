@@ -6,12 +6,13 @@
 It starts `radixlm.launch_server` (a tiny random Llama unless `--model` is given,
 float32, a KV pool of `--pool` tokens, two tenant keys and an admin key), sends the
 requests from `--concurrency` clients (half streamed; system prompts shared per
-tenant so the cache works and evicts), cancels `--cancel` of them after a random
-delay, and samples the RSS of the HTTP and engine processes each second. It writes
-`soak.json` (every figure below), `soak.png` (RSS over time) and `soak.md`:
-leaked KV slots and the integrity check once idle, the 5xx count, p50/p99 latency
-of the requests that completed, and each process's RSS at the end against its RSS
-after warm-up (the first 10% of requests).
+tenant so the cache works and evicts), cancels `--cancel` of them after a
+random delay of up to 0.15 s (those that finish sooner count as completed), and
+samples the RSS of the HTTP and engine processes each second. It writes
+`soak.json` (the figures and the samples) and `soak.png` (RSS over time), and
+prints the figures: leaked KV slots and the integrity check once idle, the 5xx
+count, p50/p99 latency of the requests that completed, and each process's RSS at
+the end against its RSS after warm-up (the first 10% of requests).
 """
 
 from __future__ import annotations
@@ -96,7 +97,8 @@ async def one(
 
 async def drive(url: str, args: argparse.Namespace, samples: list, pids: tuple[int, int]) -> dict:
     rng = random.Random(args.seed)
-    out: dict = {"status": {}, "latency": [], "cancelled": 0, "transport_errors": 0, "done": 0}
+    out: dict = {"status": {}, "latency": [], "cancel_planned": 0, "cancelled": 0,
+                 "transport_errors": 0, "done": 0}  # fmt: skip
     sem = asyncio.Semaphore(args.concurrency)
     t0 = time.perf_counter()
 
@@ -109,7 +111,8 @@ async def drive(url: str, args: argparse.Namespace, samples: list, pids: tuple[i
     async def task(i: int, client: httpx.AsyncClient) -> None:
         async with sem:
             key = "ka" if i % 2 else "kb"
-            cancel = rng.uniform(0.0, 0.3) if rng.random() < args.cancel else None
+            cancel = rng.uniform(0.0, 0.15) if rng.random() < args.cancel else None
+            out["cancel_planned"] += cancel is not None
             await one(client, url, request_body(rng, TENANTS[key]), key, cancel, out)
             out["done"] += 1
 
@@ -128,7 +131,8 @@ def summarize(out: dict, samples: list, info: dict, requests: int) -> dict:
     last = samples[-1]
     return {
         "requests": requests, "seconds": round(out["seconds"], 1),
-        "status_counts": out["status"], "cancelled": out["cancelled"],
+        "status_counts": out["status"], "cancel_planned": out["cancel_planned"],
+        "cancelled": out["cancelled"],
         "transport_errors": out["transport_errors"],
         "5xx": sum(n for code, n in out["status"].items() if code >= 500),
         "p50_s": round(statistics.median(lat), 4) if lat else None,

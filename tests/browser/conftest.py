@@ -27,9 +27,12 @@ def chromium_path() -> str | None:
     return next((p for p in map(shutil.which, CHROMIUM_NAMES) if p), None)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
-    """A headless Chromium, or a skip that says how to install what is missing."""
+    """A headless Chromium, or a skip that says how to install what is missing.
+
+    Module-scoped on purpose: while Playwright's sync API is open it keeps an asyncio
+    loop running on the main thread, so any later test's `asyncio.run` would fail."""
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:

@@ -45,7 +45,9 @@ def test_serve_tp2_generates_tp1_tokens(tmp_path: Path):
     proc = start_server(cmd, port, env={"OMP_NUM_THREADS": "1"})
     try:
         url = f"http://127.0.0.1:{port}"
-        engine_pid = httpx.get(f"{url}/get_server_info").json()["engine_pid"]
+        info = httpx.get(f"{url}/get_server_info").json()
+        assert (info["dp_size"], info["tp_size"]) == (1, 2)
+        engine_pid = info["engine_pid"]
         ranks = _children(engine_pid)
         assert len(ranks) == 1, read_log(proc)  # rank 1, started by the engine (rank 0)
         for _ in range(2):  # the second one hits the radix cache
@@ -56,8 +58,10 @@ def test_serve_tp2_generates_tp1_tokens(tmp_path: Path):
         os.kill(engine_pid, signal.SIGKILL)  # rank 0 dies: its rank 1 must not linger
         _wait_gone(ranks)
         assert all(_gone(p) for p in ranks), "a rank outlived its killed rank 0"
-        deadline = time.monotonic() + 60  # the server starts a new engine (and rank 1)
-        while httpx.get(f"{url}/health").status_code != 200 and time.monotonic() < deadline:
+        # the server starts a new engine (and rank 1); /health may still say 200 for a
+        # moment before the death is noticed, so wait for a new engine pid as well
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not _replaced(url, engine_pid):
             time.sleep(0.3)
         r = httpx.post(f"{url}/generate", json=body, timeout=90)
         assert r.status_code == 200 and r.json()["output_ids"] == expected, r.text
@@ -66,6 +70,15 @@ def test_serve_tp2_generates_tp1_tokens(tmp_path: Path):
         stop_server(proc, signal.SIGINT)
     _wait_gone(ranks)
     assert len(ranks) == 2 and all(_gone(p) for p in ranks)
+
+
+def _replaced(url: str, old_pid: int) -> bool:
+    """A new engine (not `old_pid`) is up and the server says it is healthy."""
+    try:
+        pid = httpx.get(f"{url}/get_server_info").json().get("engine_pid")
+        return pid not in (None, old_pid) and httpx.get(f"{url}/health").status_code == 200
+    except (httpx.HTTPError, ValueError):
+        return False
 
 
 def _gone(pid: int) -> bool:

@@ -215,7 +215,7 @@ async def get_server_info(request: Request) -> dict[str, Any]:
         **dataclasses.asdict(state.info),
         "engine_pid": state.info.pid,
         "version": radixlm.__version__,
-        **parallel_sizes(),
+        **parallel_sizes(state),
         **stats,
     }
 

@@ -25,9 +25,9 @@ router = APIRouter()
 LOAD_SECTIONS = ("core", "memory", "queues", "all")
 
 
-def parallel_sizes() -> dict[str, int]:
-    """`dp_size` and `tp_size` of this server: one engine, unsharded (both 1)."""
-    return {"dp_size": 1, "tp_size": 1}
+def parallel_sizes(state: ServerState) -> dict[str, int]:
+    """`dp_size` and `tp_size` of this server: one engine (dp 1) over `--tp` ranks."""
+    return {"dp_size": 1, "tp_size": state.cfg.engine.load.tp_size}
 
 
 def _state(request: Request) -> ServerState:

@@ -300,7 +300,7 @@ class CacheConfig:
     mem_fraction: float = 0.3  # share of free memory (after weights) given to the KV pool
     page_size: int = 1
     disable_radix_cache: bool = False
-    debug: bool = False  # check every free against an allocation mask (slow)
+    debug: bool = False  # check every free against an allocation mask, track slot writes (slow)
     cache_dir: str | None = None  # a disk tier under the pool (kvcache.tiers); None: off
     cache_dir_max_gb: float = 10.0  # the disk tier's size cap; least recently used goes first
     kv_events_config: str | None = None  # JSON of KVEventsConfig fields; None: no KV events

@@ -1,8 +1,10 @@
 """A TP=2 engine (two gloo ranks on 127.0.0.1) against TP=1: identical greedy tokens in
-float32 with the radix cache on and off, and rank 0's KV integrity after aborts."""
+float32 with the radix cache on and off, and the KV integrity of both ranks after
+aborts and retraction (rank 0's slot accounting; every rank's slot contents)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -67,9 +69,9 @@ def _rank(rank: int, port: int, model: str, case: str, out: str) -> None:
     tp = init_tp_group(rank, 2, f"tcp://127.0.0.1:{port}")
     options = _options(model, case)
     if rank > 0:
-        steps = run_worker(build_engine_config(**options), tp)
+        done = run_worker(build_engine_config(**options), tp)
         torch.distributed.destroy_process_group()
-        Path(f"{out}.{rank}").write_text(json.dumps({"steps": steps}))
+        Path(f"{out}.{rank}").write_text(json.dumps(dataclasses.asdict(done)))
         return
     loaded = load_model(build_engine_config(**options).load, progress=False, tp=tp)
     options.pop("model")
@@ -101,5 +103,9 @@ def test_tp2_engine_matches_tp1(tmp_path: Path, case: str):
     forwards = got.pop("forwards")
     assert got == expected
     assert got["abort"] == "abort"
-    # rank 1 ran every forward rank 0 planned, no more, no fewer
-    assert json.loads(Path(f"{out}.1").read_text())["steps"] == forwards > 3
+    # rank 1 ran every forward rank 0 planned, no more, no fewer, and rank 0's integrity
+    # checks found rank 1's shard of every cached slot written for the tree's token
+    rank1 = json.loads(Path(f"{out}.1").read_text())
+    assert rank1["forwards"] == forwards > 3
+    assert rank1["wrong"] == 0
+    assert rank1["slots_checked"] >= (len(PREFIX) if case != "no-cache" else 0)

@@ -100,3 +100,20 @@ def test_many_concurrent_callers_share_prefixes(engine_factory):
     assert all(o is not None and o["meta_info"]["completion_tokens"] == 40 for o in outs)
     assert sum(o["meta_info"]["cached_tokens"] for o in outs) >= 16 * 39
     assert_clean(eng)
+
+
+def test_a_cached_slot_holding_another_tokens_kv_fails_the_check(engine_factory):
+    """The slot accounting cannot see two cached slots swapped (the same slots, in the
+    wrong places); the slot ledger can: the check names the slots that hold K/V of
+    another token or position."""
+    eng = engine_factory("llama")
+    prompt = list(range(5, 45))
+    eng.generate(input_ids=prompt, sampling_params={**GREEDY, "max_new_tokens": 2})
+    assert_clean(eng)
+    node = next(iter(eng.scheduler.kv.cache.root.children.values()))
+    assert node.value.numel() >= 2
+    node.value[[0, 1]] = node.value[[1, 0]].clone()  # positions 0 and 1 trade slots
+    with pytest.raises(Exception, match="2 cached slots hold K/V written for another token"):
+        eng.check_integrity()
+    node.value[[0, 1]] = node.value[[1, 0]].clone()
+    assert_clean(eng)

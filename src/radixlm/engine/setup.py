@@ -53,6 +53,8 @@ def build_runtime(
         loaded.config, loaded.dtype, loaded.device, model_bytes=loaded.memory_bytes,
         page_size=c.page_size, debug=c.debug, **sizing,
     )  # fmt: skip
+    if c.debug:  # the integrity check also proves each cached slot holds its token's K/V
+        pool.track_writes()
     cache: PrefixCache = ChunkCache(pool) if c.disable_radix_cache else RadixCache(pool)
     attach_kv_events(cache, c.kv_events_config)  # KV events (kvcache.events), if asked
     if c.cache_dir is not None and isinstance(cache, RadixCache):

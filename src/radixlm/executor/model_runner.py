@@ -8,6 +8,7 @@ import torch
 
 from radixlm.attention.paged import PagedContext
 from radixlm.distributed.plan import broadcast
+from radixlm.kvcache.ledger import SlotContents
 from radixlm.kvcache.pool import KVPool
 from radixlm.models.llama import LlamaForCausalLM
 
@@ -68,6 +69,8 @@ class ModelRunner:
             self.pool, [it.slots for it in items], [it.prefix_len for it in items],
             extend_lens, out_cache_loc,
         )  # fmt: skip
+        if self.pool.ledger is not None:
+            self.pool.ledger.record(out_cache_loc, input_ids, ctx.positions)
         rows, spans = self._logit_rows(items, extend_lens)
         logits = self.model(input_ids, ctx.positions, ctx, torch.tensor(rows, device=self.device))
         last_rows, extra = [], []
@@ -75,6 +78,24 @@ class ModelRunner:
             last_rows.append(start + count - 1)
             extra.append(logits[start : start + count - 1] if count > 1 else None)
         return ForwardOutput(last=logits[last_rows], extra=extra)
+
+    def check_shards(self, claim: SlotContents) -> int:
+        """Debug pools: how many (rank, slot) pairs, over every tensor-parallel rank, hold
+        K/V written for another token than `claim` says. Rank 0 sends `claim` to the
+        other ranks (they answer in `distributed.worker`); 0 without a ledger or a group.
+        """
+        if not self.checks_shards:
+            return 0
+        if self._leader:
+            broadcast(claim)
+        wrong = torch.tensor([self.pool.ledger.mismatches(claim)], device=self.device)
+        return int(self.model.tp.all_reduce(wrong))
+
+    @property
+    def checks_shards(self) -> bool:
+        """Whether `check_shards` checks anything: a debug pool under tensor parallelism."""
+        tp = getattr(self.model, "tp", None)
+        return self.pool.ledger is not None and tp is not None and tp.size > 1
 
     @staticmethod
     def _logit_rows(

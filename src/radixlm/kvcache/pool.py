@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from radixlm.config import ModelConfig
+from radixlm.kvcache.ledger import SlotLedger
 
 PAD_SLOT = 0  # a slot that is never allocated; safe to read as padding
 
@@ -105,7 +106,8 @@ class KVPool:
     None when not enough pages are free. `free(indices)` returns the pages that
     contain `indices`. With `debug=True` every free is checked against an
     allocation mask and a bad free raises `PoolError` (this synchronises with
-    the device; leave it off in serving).
+    the device; leave it off in serving). After `track_writes()`, `ledger`
+    records what each slot's K/V was last written for (`kvcache.ledger`).
     """
 
     def __init__(
@@ -135,6 +137,8 @@ class KVPool:
         # Debug only: which page ids are currently allocated (page 0 never is).
         self._allocated: torch.Tensor | None = None
         self._page_offsets = torch.arange(page_size, dtype=torch.int64, device=self.device)
+        # After track_writes(): the token and position each slot's K/V was last written for.
+        self.ledger: SlotLedger | None = None
         self.clear()
 
     @classmethod
@@ -239,6 +243,10 @@ class KVPool:
         self._top = self.num_pages
         if self.debug:
             self._allocated = torch.zeros(self.num_pages + 1, dtype=torch.bool, device=self.device)
+
+    def track_writes(self) -> None:
+        """Keep a `SlotLedger` from now on: every K/V writer must record in `ledger`."""
+        self.ledger = SlotLedger(self.k_buffer.shape[1])
 
     def free_page_ids(self) -> torch.Tensor:
         """Ids of the free pages ([available_size() // page_size] int64), a copy."""

@@ -34,6 +34,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from radixlm.kvcache.ledger import SlotContents
+
 # Anything that holds token ids: list[int], tuple[int, ...], a 1-D numpy array or tensor.
 TokenKey = Sequence[int] | np.ndarray | torch.Tensor
 # Slots held by live requests outside the tree: a count, one tensor, or one tensor per request.
@@ -163,6 +165,10 @@ class PrefixCache(ABC):
     @abstractmethod
     def check_integrity(self, held_by_requests: HeldSlots = 0) -> None:
         """Raise `IntegrityError` unless the cache, the pool and the requests add up."""
+
+    def slot_contents(self) -> SlotContents:
+        """Every cached slot with the token and position it holds (none by default)."""
+        return SlotContents.empty()
 
     @property
     @abstractmethod

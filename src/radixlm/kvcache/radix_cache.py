@@ -49,6 +49,7 @@ import torch
 from radixlm.kvcache import integrity
 from radixlm.kvcache.activity import EvictionLog
 from radixlm.kvcache.integrity import check
+from radixlm.kvcache.ledger import SlotContents
 from radixlm.kvcache.pool import KVPool
 from radixlm.kvcache.prefix_cache import (
     HeldSlots,
@@ -315,6 +316,23 @@ class RadixCache(PrefixCache):
         fresh = all((n.last_access, n.id) in live for n in leaves)
         check(fresh, "an eviction candidate has no heap entry at its access time")
         integrity.check_slot_accounting(self.pool, self._cat(values), held_by_requests)
+        if self.pool.ledger is not None:
+            wrong = self.pool.ledger.mismatches(self.slot_contents())
+            check(wrong == 0, f"{wrong} cached slots hold K/V written for another token")
+
+    def slot_contents(self) -> SlotContents:
+        """Every cached slot with the token and position the tree says it holds."""
+        slots, tokens, positions = [], [], []
+        stack = [(child, 0) for child in self.root.children.values()]
+        while stack:
+            node, depth = stack.pop()
+            slots.append(node.value.cpu())
+            tokens.append(torch.tensor(node.key, dtype=torch.int64))
+            positions.append(torch.arange(depth, depth + len(node.key), dtype=torch.int64))
+            stack.extend((c, depth + len(node.key)) for c in node.children.values())
+        if not slots:
+            return SlotContents.empty()
+        return SlotContents(torch.cat(slots), torch.cat(tokens), torch.cat(positions))
 
     def _check_node(self, node: TreeNode) -> None:
         parent = node.parent

@@ -23,7 +23,7 @@ import torch
 from radixlm.config import SchedulerConfig
 from radixlm.executor.model_runner import ForwardItem, ModelRunner
 from radixlm.kvcache.activity import CacheUsage
-from radixlm.kvcache.prefix_cache import PrefixCache
+from radixlm.kvcache.prefix_cache import IntegrityError, PrefixCache
 from radixlm.models.llama import LlamaForCausalLM
 from radixlm.sampling.batch import SamplingBatch
 from radixlm.sampling.sampler import sample
@@ -357,6 +357,10 @@ class Scheduler:
     def check_integrity(self) -> None:
         """Raise IntegrityError unless free + cached + held by running requests == total."""
         self.kv.cache.check_integrity(self.kv.owned_slots(self.admitted()))
+        if self.runner.checks_shards:
+            wrong = self.runner.check_shards(self.kv.cache.slot_contents())
+            if wrong:
+                raise IntegrityError(f"{wrong} (rank, slot) pairs hold K/V of another token")
 
 
 class SchedulerBroken(RuntimeError):

@@ -17,7 +17,7 @@ import torch.multiprocessing as mp
 import radixlm
 from radixlm.config import build_engine_config
 from radixlm.distributed import init_tp_group
-from radixlm.distributed.plan import send_stop
+from radixlm.distributed.plan import exit_now, leave_group, send_stop
 from radixlm.distributed.worker import run_worker
 from radixlm.loader import load_model
 from tests.helpers.engine_checks import assert_clean
@@ -70,9 +70,9 @@ def _rank(rank: int, port: int, model: str, case: str, out: str) -> None:
     options = _options(model, case)
     if rank > 0:
         done = run_worker(build_engine_config(**options), tp)
-        torch.distributed.destroy_process_group()
+        leave_group()
         Path(f"{out}.{rank}").write_text(json.dumps(dataclasses.asdict(done)))
-        return
+        exit_now(0)
     loaded = load_model(build_engine_config(**options).load, progress=False, tp=tp)
     options.pop("model")
     eng = radixlm.Engine(loaded=loaded, **options)
@@ -85,6 +85,7 @@ def _rank(rank: int, port: int, model: str, case: str, out: str) -> None:
         eng.shutdown()
         send_stop()
     Path(f"{out}.0").write_text(json.dumps(result))
+    exit_now(0)
 
 
 @pytest.mark.parametrize("case", ["cache", "no-cache", "pressure"])

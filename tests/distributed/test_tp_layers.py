@@ -19,6 +19,7 @@ import torch.multiprocessing as mp
 from radixlm.attention.dense import DenseContext, DenseKVCache
 from radixlm.config import LoadConfig
 from radixlm.distributed import init_tp_group
+from radixlm.distributed.plan import exit_now, leave_group
 from radixlm.loader import load_model
 from tests.helpers.reference import tokens
 from tests.helpers.tiny_models import write_tiny_model
@@ -45,7 +46,8 @@ def _rank(rank: int, size: int, port: int, model: str, ids: list[int], out: str)
     logits = _logits(loaded, ids)
     torch.save({"logits": logits, "kv_heads": loaded.config.num_kv_heads,
                 "heads": loaded.config.num_heads}, f"{out}.{rank}")  # fmt: skip
-    torch.distributed.destroy_process_group()
+    leave_group()
+    exit_now(0)
 
 
 @pytest.mark.parametrize(

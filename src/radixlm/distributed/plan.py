@@ -10,7 +10,10 @@ must be issued in the same order on every rank).
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+import os
+import sys
+from typing import Any, NoReturn
 
 import torch.distributed as dist
 
@@ -22,9 +25,32 @@ def broadcast(obj: Any = None) -> Any:
     return box[0]
 
 
-def send_stop() -> None:
-    """Rank 0: tell the worker ranks to leave their loop and leave the group (call once,
-    at shutdown). A no-op without a process group."""
-    if dist.is_initialized():
-        broadcast(None)
-        dist.destroy_process_group()  # an undestroyed gloo group can abort the exit
+def send_stop() -> bool:
+    """Rank 0: tell the worker ranks to leave their loop, and leave the group (call once,
+    at shutdown). Returns whether there was a group; then end with `exit_now`."""
+    if not dist.is_initialized():
+        return False
+    broadcast(None)
+    leave_group()
+    return True
+
+
+def leave_group() -> None:
+    """Every rank, after its last collective: a barrier, then leave the process group
+    (an undestroyed gloo group can abort the exit)."""
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def exit_now(code: int = 0) -> NoReturn:
+    """End a process that was in a group, skipping the interpreter's finalization.
+
+    gloo's worker threads free a finished collective's tensors some time after `wait()`
+    returns; freeing a Python-owned tensor takes the GIL, and during finalization that
+    aborts the process ("terminate called without an active exception"). Nothing is
+    left to clean up once the group is left, so flush the logs and leave at once.
+    """
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

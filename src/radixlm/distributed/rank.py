@@ -7,15 +7,17 @@ import dataclasses
 import logging
 import pickle
 import sys
+from typing import NoReturn
 
 import torch
 
 from radixlm.config import EngineConfig
 from radixlm.distributed.group import init_tp_group
+from radixlm.distributed.plan import exit_now, leave_group
 from radixlm.distributed.worker import run_worker
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str]) -> NoReturn:
     rank, addr = int(argv[0]), argv[1]
     config: EngineConfig = pickle.loads(sys.stdin.buffer.read())
     logging.basicConfig(level="INFO", format=f"%(asctime)s %(levelname)s tp{rank}: %(message)s")
@@ -27,8 +29,8 @@ def main(argv: list[str]) -> int:
         config = dataclasses.replace(config, load=dataclasses.replace(load, device=f"cuda:{local}"))
     tp = init_tp_group(rank, load.tp_size, addr, str(device))
     run_worker(config, tp)
-    torch.distributed.destroy_process_group()
-    return 0
+    leave_group()
+    exit_now(0)
 
 
 if __name__ == "__main__":

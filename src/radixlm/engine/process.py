@@ -25,7 +25,7 @@ from typing import Any
 import zmq
 
 from radixlm.config import EngineConfig
-from radixlm.distributed.plan import send_stop
+from radixlm.distributed.plan import exit_now, send_stop
 from radixlm.engine.loop import EngineLoop
 from radixlm.engine.messages import ModelInfo, ReadyMsg
 from radixlm.engine.setup import Runtime, build_runtime
@@ -119,8 +119,11 @@ def run_engine_process(
 
     loop = EngineLoop(rt.scheduler, rt.tokenizer, zmq_receiver(inbox), zmq_sender(outbox, alive),
                       config.queue_timeout, trace=rt.trace)  # fmt: skip
+    sharded = False
     try:
         loop.run(alive=alive)  # no orphans
-        send_stop()  # the tensor-parallel ranks > 0, if any, leave their loops
+        sharded = send_stop()  # the tensor-parallel ranks > 0, if any, leave their loops
     finally:
         ctx.destroy(linger=1000)  # lets the last errors reach the server
+    if sharded:
+        exit_now(0)

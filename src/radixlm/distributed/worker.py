@@ -2,7 +2,7 @@
 and run each forward rank 0 plans. No scheduler and no tree here: rank 0's radix
 cache owns slot allocation, so the cache stays one tree over all ranks. In debug
 mode rank 0's integrity check also sends the tree's slot contents, and every rank
-checks its own shard against them (`ModelRunner.check_shards`)."""
+checks its own shard against them (`ModelRunner.slot_mismatches`)."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def run_worker(config: EngineConfig, tp: TPGroup) -> WorkerSummary:
     while (plan := broadcast()) is not None:
         if isinstance(plan, SlotContents):  # rank 0's integrity check: answer with ours
             done.slots_checked += plan.slots.numel()
-            if wrong := runner.check_shards(plan):
+            if wrong := runner.slot_mismatches(plan):
                 done.wrong += wrong
                 log.error("rank %d: %d (rank, slot) pairs hold another token", tp.rank, wrong)
             continue

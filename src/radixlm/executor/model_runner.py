@@ -79,23 +79,18 @@ class ModelRunner:
             extra.append(logits[start : start + count - 1] if count > 1 else None)
         return ForwardOutput(last=logits[last_rows], extra=extra)
 
-    def check_shards(self, claim: SlotContents) -> int:
-        """Debug pools: how many (rank, slot) pairs, over every tensor-parallel rank, hold
-        K/V written for another token than `claim` says. Rank 0 sends `claim` to the
-        other ranks (they answer in `distributed.worker`); 0 without a ledger or a group.
-        """
-        if not self.checks_shards:
-            return 0
+    def slot_mismatches(self, claim: SlotContents) -> int:
+        """How many claimed slots this rank's ledger says hold K/V of another token or
+        position, summed over the tensor-parallel ranks: rank 0 first sends `claim` to the
+        others (they answer in `distributed.worker`). Only for a pool with a ledger."""
+        assert self.pool.ledger is not None, "the pool keeps no ledger (track_writes)"
         if self._leader:
             broadcast(claim)
-        wrong = torch.tensor([self.pool.ledger.mismatches(claim)], device=self.device)
-        return int(self.model.tp.all_reduce(wrong))
-
-    @property
-    def checks_shards(self) -> bool:
-        """Whether `check_shards` checks anything: a debug pool under tensor parallelism."""
+        wrong = self.pool.ledger.mismatches(claim)
         tp = getattr(self.model, "tp", None)
-        return self.pool.ledger is not None and tp is not None and tp.size > 1
+        if tp is None or tp.size == 1:
+            return wrong
+        return int(tp.all_reduce(torch.tensor([wrong], device=self.device)))
 
     @staticmethod
     def _logit_rows(

@@ -6,7 +6,7 @@ slot's K/V (a forward, a reload from a lower cache tier) records the token and
 position it was computed for, and `mismatches` compares that record with the
 tree's claim for every cached slot. Under tensor parallelism each rank keeps its
 own ledger from the plans it ran, so the same check proves every rank's shard of a
-cached slot was written for the same token (`ModelRunner.check_shards`).
+cached slot was written for the same token (`ModelRunner.slot_mismatches`).
 
 Costs two int64 tensors of one entry per slot and two index writes per forward;
 pools keep one only in debug mode.

@@ -357,10 +357,10 @@ class Scheduler:
     def check_integrity(self) -> None:
         """Raise IntegrityError unless free + cached + held by running requests == total."""
         self.kv.cache.check_integrity(self.kv.owned_slots(self.admitted()))
-        if self.runner.checks_shards:
-            wrong = self.runner.check_shards(self.kv.cache.slot_contents())
-            if wrong:
-                raise IntegrityError(f"{wrong} (rank, slot) pairs hold K/V of another token")
+        if self.kv.pool.ledger is not None:  # debug: every cached slot holds its token's K/V
+            wrong = self.runner.slot_mismatches(self.kv.cache.slot_contents())
+            if wrong:  # under tensor parallelism, counted over every rank's shard
+                raise IntegrityError(f"{wrong} cached slots hold K/V written for another token")
 
 
 class SchedulerBroken(RuntimeError):

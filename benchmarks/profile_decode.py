@@ -40,6 +40,7 @@ from radixlm.attention.paged import PagedContext
 from radixlm.config import build_engine_config
 from radixlm.engine.setup import build_runtime
 from radixlm.executor.model_runner import ModelRunner
+from radixlm.native import kernels
 from radixlm.sampling.params import SamplingParams
 from radixlm.scheduler.finisher import Finisher
 from radixlm.scheduler.request import Req
@@ -48,8 +49,11 @@ from radixlm.scheduler.scheduler import Scheduler
 MATMUL_OPS = {
     "aten::mm", "aten::addmm", "aten::linear", "aten::matmul",
     "aten::_weight_int8pack_mm", "aten::_weight_int4pack_mm_for_cpu",
-    "aten::_weight_int4pack_mm", "aten::mkldnn_linear",
+    "aten::_weight_int4pack_mm", "aten::mkldnn_linear", "native::int4_mm",
 }  # fmt: skip
+# radixlm's compiled kernels called from the model, profiled as "native::<name>" ranges
+NATIVE_OPS = ("int4_mm", "rms_norm", "add_rms_norm", "rope_", "silu_mul")
+OPS = ("aten::", "native::")
 
 # (label, owner class, method) timed in pass 1; nested labels are subtracted from their parent.
 STAGES = [
@@ -93,7 +97,19 @@ class StageTimer:
 
 @contextmanager
 def labelled() -> Any:
-    """Wrap every stage but the whole step in a profiler range (pass 2)."""
+    """Wrap every stage but the whole step, and each native kernel, in a profiler range
+    (pass 2)."""
+    native = kernels()
+    saved_native = []
+    for name in NATIVE_OPS if native is not None else ():
+        fn = getattr(native, name)
+        saved_native.append((name, fn))
+
+        def call(*a: Any, _f: Callable[..., Any] = fn, _l: str = name) -> Any:
+            with torch.profiler.record_function(f"native::{_l}"):
+                return _f(*a)
+
+        setattr(native, name, call)
     saved = []
     for label, owner, name in STAGES[1:]:
         original = getattr(owner, name)
@@ -109,6 +125,8 @@ def labelled() -> Any:
     finally:
         for owner, name, original in saved:
             setattr(owner, name, original)
+        for name, fn in saved_native:
+            setattr(native, name, fn)
 
 
 def start_batch(args: argparse.Namespace, batch: int) -> Any:
@@ -145,9 +163,9 @@ def categorise(prof: torch.profiler.profile) -> dict[str, float]:
             out["wall"] += secs if ev.name == "stage::model" else -secs
             continue
         parent = ev.cpu_parent
-        while parent is not None and not parent.name.startswith(("aten::", "stage::")):
+        while parent is not None and not parent.name.startswith((*OPS, "stage::")):
             parent = parent.cpu_parent
-        if parent is None or parent.name != "stage::model" or not ev.name.startswith("aten::"):
+        if parent is None or parent.name != "stage::model" or not ev.name.startswith(OPS):
             continue  # outside the model, inside another operator, or a stage range itself
         out["matmul" if ev.name in MATMUL_OPS else "elementwise"] += secs
     out["python"] = max(0.0, out["wall"] - out["matmul"] - out["elementwise"])

@@ -2,8 +2,15 @@
 
 In these modes cache on and off may disagree only at a near-tie. 32 shared-prefix
 prompts (4 system prompts x 8 questions) run greedy with the cache on and off.
-Each disagreement must start where the top-2 logprob gap is under 0.05 (in
+Each disagreement must start where the top-2 logprob gap is under NEAR_TIE (in
 either run): a cache bug diverges at large gaps. The gaps are printed.
+
+NEAR_TIE is 0.15, not a tighter 0.05: on a 2-core Xeon with AMX the int4 run had a
+disagreement at a gap of 0.120 (prompt 15, token 3), and with every layer forced
+onto the same dequantized bf16 weights in both runs still one at 0.080. That is the
+bfloat16 rounding of the activations through 30 layers in a different batch shape
+(the cache-off prefill runs whole prompts, the cache-on one only the questions),
+not wrong K/V: a slot holding another token's K/V moves logits by whole units.
 
 How many agree is machine-dependent (bf16 kernels differ between CPUs). On a
 2-core AVX-512/AMX Xeon: 30/32 for bf16 and int4, 28/32 for int8. Cache off
@@ -33,7 +40,7 @@ QUESTIONS = [
     "How many days are in a week?", "What is the boiling point of water in Celsius?",
     "Who wrote Romeo and Juliet?",
 ]  # fmt: skip
-NEAR_TIE = 0.05
+NEAR_TIE = 0.15
 
 
 @pytest.mark.parametrize("quantization", ["none", "int8", "int4"])

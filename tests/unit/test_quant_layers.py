@@ -8,6 +8,7 @@ import torch
 from gguf import GGMLQuantizationType as Q
 from gguf.quants import dequantize, quantize
 
+from radixlm.hugepages import pack_buffers
 from radixlm.models import quant
 from radixlm.models.quant import Int4Linear, Int8Linear, quantize_int4, quantize_int8, unpack_int4
 
@@ -52,6 +53,26 @@ def test_native_and_torch_int4_dequantize_agree(monkeypatch):
     assert ((fallback - native.float()).abs() <= native.float().abs() * 2**-7 + 1e-6).all()
 
 
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 9])
+@pytest.mark.parametrize(("n", "k", "group"), [(192, 96, 32), (64, 256, 64), (320, 64, 32)])
+def test_native_int4_mm_matches_the_exact_product(rows, n, k, group):
+    native = quant.kernels()
+    if native is None or not native.int4_mm_supported():
+        pytest.skip("the native int4 kernel needs AVX512-BF16 and AVX512-VBMI")
+    gen = torch.Generator().manual_seed(rows * n + k)
+    layer = Int4Linear(*quantize_int4(torch.randn(n, k, generator=gen), group), None, group)
+    x = torch.randn(rows, k, generator=gen).bfloat16()
+    q = unpack_int4(layer.packed, n, k).double().reshape(n, k // group, group)
+    sz = layer.scales_zeros.double()  # [K/G, N, 2]; the kernel does not round w to bf16
+    w = (q - 8) * sz[..., 0].t()[..., None] + sz[..., 1].t()[..., None]
+    exact = x.double() @ w.reshape(n, k).t()
+    got = native.int4_mm(x, layer.packed, layer.scales_zeros, group)
+    assert got.shape == (rows, n) and got.dtype == torch.bfloat16
+    # one bfloat16 rounding of each output, plus float32 summation error
+    bound = exact.abs() * 2**-8 + 1e-5 * exact.abs().max()
+    assert ((got.double() - exact).abs() <= bound).all()
+
+
 def test_unpack_inverts_the_kernel_packing():
     q = torch.randint(0, 16, (128, 64), dtype=torch.int32)
     packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
@@ -67,3 +88,16 @@ def test_gguf_4bit_blocks_are_recovered_exactly(qtype):
     q, scale, zero = quantize_int4(values)
     back = (q - 8) * scale.repeat_interleave(32, 1) + zero.repeat_interleave(32, 1)
     assert (back - values).abs().max().item() <= 1e-5
+
+
+def test_packed_buffers_share_one_block_and_keep_their_values():
+    gen = torch.Generator().manual_seed(3)
+    mods = [Int4Linear(*quantize_int4(torch.randn(64 * (i + 1), 64, generator=gen)), None)
+            for i in range(3)] + [Int8Linear(*quantize_int8(torch.randn(40, 64, generator=gen)),
+                                             torch.randn(40, generator=gen))]  # fmt: skip
+    x = torch.randn(2, 64, generator=gen).bfloat16()
+    before = [m(x) for m in mods]
+    moved = pack_buffers([*mods, mods[0]])  # a module listed twice is packed once
+    assert moved >= sum(b.numel() * b.element_size() for m in mods for b in m.buffers())
+    assert len({b.untyped_storage().data_ptr() for m in mods for b in m.buffers()}) == 1
+    assert all(torch.equal(m(x), b) for m, b in zip(mods, before, strict=True))

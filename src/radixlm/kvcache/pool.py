@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from radixlm.config import ModelConfig
+from radixlm.hugepages import huge_zeros
 from radixlm.kvcache.ledger import SlotLedger
 
 PAD_SLOT = 0  # a slot that is never allocated; safe to read as padding
@@ -98,6 +99,13 @@ def tokens_for_budget(
     return tokens // page_size * page_size
 
 
+def _zeros(dims: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A zeroed K or V buffer; on the CPU on huge pages (every decode step reads it)."""
+    if device.type == "cpu":
+        return huge_zeros(dims, dtype)
+    return torch.zeros(dims, dtype=dtype, device=device)
+
+
 class KVPool:
     """K/V tensors for `total` usable token slots, and the allocator over them.
 
@@ -129,8 +137,8 @@ class KVPool:
         self.num_pages = max_total_tokens // page_size  # usable pages, ids 1..num_pages
         rows = (self.num_pages + 1) * page_size  # + the reserved page 0
         dims = (shape.num_layers, rows, shape.num_kv_heads, shape.head_dim)
-        self.k_buffer = torch.zeros(dims, dtype=shape.dtype, device=self.device)
-        self.v_buffer = torch.zeros(dims, dtype=shape.dtype, device=self.device)
+        self.k_buffer = _zeros(dims, shape.dtype, self.device)
+        self.v_buffer = _zeros(dims, shape.dtype, self.device)
         # Free pages live in _free_pages[:_top]; alloc pops from the top.
         self._free_pages = torch.empty(self.num_pages, dtype=torch.int64, device=self.device)
         self._top = 0

@@ -12,9 +12,11 @@ import torch
 
 from radixlm.config import LoadConfig, ModelConfig
 from radixlm.distributed.group import TPGroup
+from radixlm.hugepages import pack_buffers
 from radixlm.loader.quantize import QuantizingLoader, choose_quantization
 from radixlm.models.llama import LlamaForCausalLM
 from radixlm.models.parallel import local_config, shard_weights
+from radixlm.models.quant import WeightOnlyLinear
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +118,8 @@ def load_model(load: LoadConfig, progress: bool = True, tp: TPGroup | None = Non
     model.load_weights(quantizer.filter(weights) if quantizer else weights)
     if quantizer is not None:
         quantizer.install()
+        if device.type == "cpu":  # read every step: one block on huge pages
+            pack_buffers([m for m in model.modules() if isinstance(m, WeightOnlyLinear)])
     model = model.eval().requires_grad_(False)
     model.init_rotary(device)  # float32 tables, built on the meta device at construction
     weights_desc = "dense" if mode == "none" else f"{mode} weight-only ({quant_why})"

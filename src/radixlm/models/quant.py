@@ -24,6 +24,8 @@ Q8_0 rows requantized per channel, and K-quants, are close, not exact.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -33,6 +35,10 @@ from radixlm.native import kernels
 # Rows of x up to which the quantized kernel beats dequantize + dense matmul (the crossover
 # measured on a 2-core AVX-512 CPU for SmolLM2's projections, benchmarks/quantization.md).
 DIRECT_MAX_ROWS = 32
+# Rows of x up to which int4 layers call radixlm's own kernel (`native/int4_mm.cpp`, when
+# built) instead of torch's: it decodes each weight byte once for all rows; past 2 rows
+# the two measured the same (benchmarks/decode_profile.md).
+NATIVE_INT4_MAX_ROWS = 2
 INT4_GROUP = 32
 INT4_BLOCK_ROWS = 64  # the int4 kernel packs output rows in blocks of this many
 
@@ -46,6 +52,13 @@ def _scratch(n: int, k: int) -> torch.Tensor:
     if buf is None:
         buf = _SCRATCH[(n, k)] = torch.empty(n, k, dtype=torch.bfloat16)
     return buf
+
+
+@functools.cache
+def _native_int4_mm() -> bool:
+    """Whether the native int4 kernel is built (and supported by this CPU)."""
+    native = kernels()
+    return native is not None and native.int4_mm_supported()
 
 
 def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -183,6 +196,8 @@ class Int4Linear(WeightOnlyLinear):
         return ((q - 8) * scale + zero).reshape(n, k).to(torch.bfloat16)
 
     def direct(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] <= NATIVE_INT4_MAX_ROWS and _native_int4_mm():
+            return kernels().int4_mm(x, self.packed, self.scales_zeros, self.group)
         return torch.ops.aten._weight_int4pack_mm_for_cpu(
             x, self.packed, self.group, self.scales_zeros
         )

@@ -344,6 +344,9 @@ std::vector<torch::Tensor> paged_decode(torch::Tensor q, torch::Tensor k_cache,
 
 void int4_dequantize(torch::Tensor packed, torch::Tensor scales_zeros, torch::Tensor out_t,
                      int64_t group);  // int4_dequant.cpp
+torch::Tensor int4_mm(torch::Tensor x, torch::Tensor packed, torch::Tensor scales_zeros,
+                      int64_t group);  // int4_mm.cpp
+bool int4_mm_supported();
 
 // fused.cpp
 torch::Tensor rms_norm(torch::Tensor x, torch::Tensor w, double eps);
@@ -358,4 +361,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("silu_mul", &silu_mul, "silu(gate) * up (CPU)");
   m.def("paged_decode", &paged_decode, "paged decode attention (CPU)");
   m.def("int4_dequantize", &int4_dequantize, "int4 kernel-layout weight -> bfloat16 (CPU)");
+  m.def("int4_mm", &int4_mm, "x @ W.T for an int4 kernel-layout weight, few rows of x (CPU)");
+  m.def("int4_mm_supported", &int4_mm_supported, "whether int4_mm was built here");
 }

@@ -5,7 +5,7 @@ generation_config.json, the tokenizer files with the GGUF's chat template, and
 model.safetensors in bfloat16 (the Q4_1 weights dequantized, so the peer computes
 with the same numbers radixlm loads from the GGUF).
 
-    .venv/bin/python benchmarks/peers/gguf_to_hf.py                  # ~/.cache/radixlm/hf/smollm2-135m-instruct
+    .venv/bin/python benchmarks/peers/gguf_to_hf.py   # to ~/.cache/radixlm/hf/smollm2-135m-instruct
     .venv/bin/python benchmarks/peers/gguf_to_hf.py --out DIR --model path/to/model.gguf
 
 Needs transformers, gguf and safetensors (all in radixlm's .venv); it prints the directory.
@@ -65,7 +65,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=DEFAULT_MODEL,
                     help=f"a .gguf file or a radixlm model name (default {DEFAULT_MODEL})")
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})")
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                    help=f"output directory (default {DEFAULT_OUT})")
     ap.add_argument("--force", action="store_true", help="convert again even if --out has a model")
     args = ap.parse_args()
     print(convert(resolve_gguf(args.model), args.out, force=args.force))

@@ -10,7 +10,8 @@
 #
 # Environment: PY (.venv/bin/python), MODEL (smollm2-135m-instruct), PORT (30100),
 # RECORDS (benchmarks/records), SYSTEMS (all of: lpm fcfs off transformers llama.cpp),
-# WORKLOADS (all), LLAMA_SERVER (llama-server), LLAMA_PARALLEL (8 slots), VLLM_PY
+# WORKLOADS (all), LLAMA_SERVER (llama-server), LLAMA_PARALLEL (8 slots), TRANSFORMERS_DTYPE
+# (bfloat16: the transformers baseline in radixlm's default compute dtype), VLLM_PY
 # (.venv-vllm/bin/python), VLLM_HF (the HF directory vLLM serves: ~/.cache/radixlm/hf/MODEL,
 # converted from the GGUF by benchmarks/peers/gguf_to_hf.py when absent).
 set -euo pipefail
@@ -24,6 +25,7 @@ RECORDS=${RECORDS:-benchmarks/records}
 SYSTEMS=${SYSTEMS:-lpm fcfs off transformers llama.cpp}
 LLAMA_SERVER=${LLAMA_SERVER:-llama-server}
 LLAMA_PARALLEL=${LLAMA_PARALLEL:-8}
+TRANSFORMERS_DTYPE=${TRANSFORMERS_DTYPE:-bfloat16}  # radixlm's compute dtype on a bf16 CPU
 VLLM_PY=${VLLM_PY:-.venv-vllm/bin/python}
 VLLM_HF=${VLLM_HF:-$HOME/.cache/radixlm/hf/$MODEL}
 URL="http://127.0.0.1:$PORT"
@@ -78,7 +80,7 @@ wait_healthy() {
 
 radixlm_system() {  # label, then `radixlm serve` flags
   local label=$1; shift
-  OMP_WAIT_POLICY=PASSIVE "$PY" -m radixlm.cli --log-level warning serve --model "$MODEL" \
+  "$PY" -m radixlm.cli --log-level warning serve --model "$MODEL" \
     --port "$PORT" --max-total-tokens 60000 --disable-request-log "$@" &
   SERVER_PID=$!
   wait_healthy
@@ -92,7 +94,8 @@ for system in $SYSTEMS; do
     lpm) radixlm_system "radixlm lpm" --schedule-policy lpm ;;
     fcfs) radixlm_system "radixlm fcfs" --schedule-policy fcfs ;;
     off) radixlm_system "radixlm radix-off" --disable-radix-cache ;;
-    transformers) bench_all transformers transformers --model "$MODEL" --no-progress ;;
+    transformers)
+      bench_all transformers transformers --model "$MODEL" --dtype "$TRANSFORMERS_DTYPE" --no-progress ;;
     llama.cpp)
       if ! command -v "$LLAMA_SERVER" >/dev/null; then
         echo "llama-server not on PATH: skipping llama.cpp (see benchmarks/RESULTS.md)" >&2

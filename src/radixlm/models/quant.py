@@ -36,8 +36,7 @@ from radixlm.native import kernels
 # measured on a 2-core AVX-512 CPU for SmolLM2's projections, benchmarks/quantization.md).
 DIRECT_MAX_ROWS = 32
 # Rows of x up to which int4 layers call radixlm's own kernel (`native/int4_mm.cpp`, when
-# built) instead of torch's: it decodes each weight byte once for all rows; past 2 rows
-# the two measured the same (benchmarks/decode_profile.md).
+# built) instead of torch's: faster at 1-2 rows, slower from 4 (benchmarks/bench_int4_mm.py).
 NATIVE_INT4_MAX_ROWS = 2
 INT4_GROUP = 32
 INT4_BLOCK_ROWS = 64  # the int4 kernel packs output rows in blocks of this many

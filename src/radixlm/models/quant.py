@@ -130,9 +130,8 @@ class WeightOnlyLinear(nn.Module):
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # the decode step's case: nothing to reshape or convert
-        small = x.dim() == 2 and x.shape[0] <= DIRECT_MAX_ROWS
-        if small and x.dtype == torch.bfloat16 and self.bias is None:
+        plain = x.dim() == 2 and x.dtype == torch.bfloat16 and self.bias is None
+        if plain and x.shape[0] <= DIRECT_MAX_ROWS:  # the decode step: nothing to convert
             return self.direct(x)
         x2 = x.reshape(-1, self.in_features).to(torch.bfloat16)
         small = x2.shape[0] <= DIRECT_MAX_ROWS

@@ -123,19 +123,36 @@ class RadixMachine(RuleBasedStateMachine):
         self.requests.append(Request(lock, key, slots))
 
     @precondition(lambda self: self.requests)
-    @rule(data=st.data())
-    def finish_request(self, data):
+    @rule(data=st.data(), below=st.booleans())
+    def finish_request(self, data, below):
+        """Insert the whole key, or (`below`) only the part after the locked node."""
         req = self.requests.pop(data.draw(st.integers(0, len(self.requests) - 1)))
         ns, key = req.lock.ns, req.key
-        already = len(self.model_match(ns, key))
-        n = self.cache.insert(list(key), req.slots, ns)
-        assert n == already >= len(req.lock.slots)
+        expected = self.model_match(ns, key)
+        already, p = len(expected), len(req.lock.slots)
+        if below:
+            done = self.cache.insert_below(req.lock.node, key[p:], req.slots[p:], ns)
+            n = p + done.cached.numel()
+            assert done.cached.tolist() == expected[p:]
+            self.check_path(done.last_node, ns, key[: self.cache.page_aligned_len(len(key))])
+        else:
+            n = self.cache.insert(list(key), req.slots, ns)
+        assert n == already >= p
         aligned = self.cache.page_aligned_len(len(key))
         for end in range(n + self.page_size, aligned + 1, self.page_size):
             self.model[(ns, key[:end])] = tuple(req.slots[end - self.page_size : end].tolist())
         self.pool.free(req.slots[len(req.lock.slots) : n])  # duplicates
         self.pool.free(req.slots[aligned:])  # the partial page the tree did not take
         self.cache.dec_lock_ref(req.lock.node)
+
+    def check_path(self, node: TreeNode, ns: object, key: tuple[int, ...]) -> None:
+        """`node`'s path spells `key` in namespace `ns`, every node on it just accessed."""
+        toks: list[int] = []
+        while node is not self.cache.root:
+            assert node.extra_key == ns and node.last_access == self.cache.clock
+            toks[:0] = node.key
+            node = node.parent
+        assert tuple(toks) == key
 
     def all_nodes(self) -> list[TreeNode]:
         out, stack = [], list(self.cache.root.children.values())

@@ -92,3 +92,29 @@ def test_admission_respects_budget_and_chunks_long_prompts():
     running.output_ids = []
     blocked = adder.build([req("p", list(range(300, 330)), max_new=5)], [running], None, 1.0)
     assert not blocked
+
+
+def test_prefix_key_spans_prompt_and_output():
+    r = req("a", [5, 6, 7])
+    r.output_ids = [8, 9]
+    fill = r.fill_ids
+    for start in range(6):
+        for n in range(start, 6):
+            assert r.prefix_key(n, start) == tuple(fill[start:n]), (start, n)
+
+
+def test_slot_pieces_join_and_split_at_the_protected_length():
+    r = req("a", list(range(9)))
+    r.set_slots([torch.tensor([10, 11, 12]), torch.tensor([13, 14])])
+    r.append_slots(torch.tensor([15]))
+    r.append_slots(torch.tensor([16, 17]))
+    assert r.kv_len == 8 and r.kv_slots.tolist() == list(range(10, 18))
+    for protected in range(9):
+        pieces = [torch.tensor([10, 11, 12]), torch.tensor([13, 14]), torch.tensor([15, 16, 17])]
+        r.set_slots(pieces)
+        r.cache_protected_len = protected
+        head, own = r.split_slots()
+        assert [s for h in head for s in h.tolist()] == list(range(10, 10 + min(protected, 8)))
+        assert own.tolist() == list(range(10 + protected, 18))
+    r.set_slots(None)
+    assert not r.has_kv and r.kv_len == 0 and r.kv_slots is None

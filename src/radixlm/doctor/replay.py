@@ -11,10 +11,16 @@ had run as many steps as the trace's `step` says: the clock is engine steps, so
 a replay of a trace at the server's own pool size and policy makes the
 server's decisions again.
 
-Speed: a run of decode steps with nothing waiting and no arrival due is done
-as one jump (every running request gets its next k slots in one allocation).
-That is exact: no tree lookup happens in between, and an allocation evicts the
-same least-recently-used leaves whether it is made in one piece or in k.
+Speed: a run of k decode steps with nothing waiting and no arrival due is done
+as one jump: every running request gets its next k slots (fewer if it ends
+sooner) in one allocation, and the requests that end within the run are
+released in the order the steps would have released them. That is exact:
+- when nobody ends before the last step, no tree lookup happens in between, and
+  an allocation evicts the same least-recently-used leaves whether it is made in
+  one piece or in k;
+- when some end earlier, the jump is taken only if the free slots cover the
+  whole run, so no step would have evicted, and the tree sees the same inserts
+  in the same order (which slot ids a request got is all that differs).
 """
 
 from __future__ import annotations
@@ -79,6 +85,14 @@ class LedgerKVManager(KVManager):
         return super().reserve_decode(reqs, sizes)
 
 
+@dataclass(eq=False)
+class ReplayReq(Req):
+    """A `Req` that knows its trace request and after how many output units it ends."""
+
+    trace: ReplayRequest | None = None
+    goal: int = 0
+
+
 @dataclass
 class ReplayResult:
     """Hit counts of one replay (tokens); `cached[i]` is request i's cached prompt tokens."""
@@ -135,12 +149,23 @@ class Replay:
         self.chunked: Req | None = None
         self.ratio = c.init_new_token_ratio
         self.steps = 0
-        self._of: dict[int, ReplayRequest] = {}  # id(req) -> its trace request
         self._params: dict[int, SamplingParams] = {}
-        self._goal: dict[int, int] = {}  # id(req) -> output units it ends after
 
     def run(self) -> ReplayResult:
-        """Replay every request; returns the hit counts (tokens) and the eviction ledger."""
+        """Replay every request; returns the hit counts (tokens) and the eviction ledger.
+
+        Torch runs one intra-op thread meanwhile (restored after): the replay's tensors
+        are small, and a second spinning OpenMP worker on a one-core pin made the
+        integrity check's `torch.unique` of 65,536 slots take 180 ms instead of 2.5 ms.
+        """
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return self._run()
+        finally:
+            torch.set_num_threads(threads)
+
+    def _run(self) -> ReplayResult:
         t0 = time.perf_counter()
         while self.pending or self.waiting or self.running or self.chunked:
             while self.pending and self.pending[0].step <= self.steps:
@@ -166,11 +191,10 @@ class Replay:
         params = self._params.get(rr.max_new)
         if params is None:  # frozen, so one object serves every request of that length
             params = self._params[rr.max_new] = SamplingParams(max_new_tokens=rr.max_new)
-        req = Req(rid=str(rr.index), input_ids=list(rr.key), params=params, extra_key=rr.tenant,
-                  return_logprob=rr.logprob_start >= 0,
-                  logprob_start_len=rr.logprob_start)  # fmt: skip
-        self._of[id(req)] = rr
-        self._goal[id(req)] = min(len(rr.output), rr.max_new)
+        # input_ids is the trace's own list: a Req never changes its prompt.
+        req = ReplayReq(rid=str(rr.index), input_ids=rr.key, params=params, extra_key=rr.tenant,
+                        return_logprob=rr.logprob_start >= 0, logprob_start_len=rr.logprob_start,
+                        trace=rr, goal=min(len(rr.output), rr.max_new))  # fmt: skip
         self.waiting.append(req)
 
     # -- one step (Scheduler.step without the model) ------------------------------------
@@ -201,7 +225,7 @@ class Replay:
             if req is batch.chunked:
                 continue
             req.input_logprobs_done = True
-            if req.remaining_new_tokens() <= 0 or self._target(req) == 0:
+            if req.remaining_new_tokens() <= 0 or req.goal == 0:
                 self._finish(req)
             else:
                 self._emit(req, 1)
@@ -212,30 +236,43 @@ class Replay:
                     self.running.append(req)
 
     def _decode(self) -> None:
-        k = self._jump()
+        k, left = self._jump()
         if k > 1:
-            ok = self.kv.reserve_decode(self.running, [k] * len(self.running))
+            sizes = [min(k, n) for n in left]
+            ok = self.kv.reserve_decode(self.running, sizes)
             assert ok, "a jump is taken only when its slots fit"
+            # Released in step order (stable: running order within a step), as k steps would.
+            ending = sorted(zip(sizes, range(len(sizes)), self.running, strict=True))
+            for n, _, req in ending:
+                self._emit(req, n)
         elif not self._reserve_one():
             self.steps += 1
             return
-        for req in list(self.running):
-            self._emit(req, k)
+        else:
+            for req in list(self.running):
+                self._emit(req, 1)
         self.running = [r for r in self.running if not r.finished]
         c = self.cfg
         self.ratio = max(c.min_new_token_ratio, self.ratio - k * c.new_token_ratio_decay)
         self.steps += k
 
-    def _jump(self) -> int:
-        """Decode steps that can run as one: nothing waiting, no arrival, nobody finishing."""
+    def _jump(self) -> tuple[int, list[int]]:
+        """(decode steps that can run as one, each running request's output units left);
+        see the module docstring. 1 step when no run can be taken."""
+        left = [r.goal - len(r.output_ids) for r in self.running]  # type: ignore[attr-defined]
         if self.waiting or self.chunked or not self.jumps:
-            return 1
-        k = min(self._target(r) - len(r.output_ids) for r in self.running)
+            return 1, left
+        k = max(left)
         if self.pending:
             k = min(k, self.pending[0].step - self.steps)
+        if k <= 1:
+            return 1, left
+        if sum(min(k, n) for n in left) <= self.kv.pool.available_size():
+            return k, left  # no step evicts: requests may end inside the run
+        k = min(k, *left)  # the first to end ends the run
         if k <= 1 or self.kv.available() < k * len(self.running):
-            return 1
-        return k
+            return 1, left
+        return k, left
 
     def _reserve_one(self) -> bool:
         """One slot for every running request, retracting as `Scheduler` does when short."""
@@ -256,15 +293,11 @@ class Replay:
 
     # -- tokens and finishing ------------------------------------------------------------
 
-    def _target(self, req: Req) -> int:
-        return self._goal[id(req)]
-
-    def _emit(self, req: Req, n: int) -> None:
+    def _emit(self, req: ReplayReq, n: int) -> None:
         """Append the next n recorded output units; finish the request at its recorded length."""
-        out = self._of[id(req)].output
         have = len(req.output_ids)
-        req.output_ids.extend(out[have : have + n])
-        if have + n >= self._goal[id(req)]:
+        req.output_ids.extend(req.trace.output[have : have + n])
+        if have + n >= req.goal:
             self._finish(req)
 
     def _finish(self, req: Req) -> None:
@@ -276,8 +309,8 @@ class Replay:
         if req is self.chunked:
             self.chunked = None
 
-    def _count(self, req: Req) -> None:
-        rr = self._of[id(req)]
+    def _count(self, req: ReplayReq) -> None:
+        rr = req.trace
         cached = req.cache_protected_len
         if self.unit > 1:
             cached = min(cached * self.unit, rr.prompt_tokens - 1)

@@ -15,11 +15,13 @@ salt (a tenant's secret) never leaves the engine.
 from __future__ import annotations
 
 import bisect
+import functools
 import hashlib
 import time
 from collections import deque
 from collections.abc import Hashable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from radixlm.kvcache.prefix_cache import TreeNode
 
@@ -30,6 +32,7 @@ OTHER_NAMESPACE = "other namespaces"
 CLOCK_SAMPLES = 4096  # (clock, time) pairs kept to turn access ticks into seconds
 
 
+@functools.lru_cache(maxsize=MAX_NAMESPACES)
 def namespace_label(extra_key: Hashable | None) -> str:
     """A stable, non-reversible label of a cache namespace: "default" for none, else
     "salt:" + the first 12 hex digits of SHA-256 of the key (the salt itself is never shown)."""
@@ -39,8 +42,7 @@ def namespace_label(extra_key: Hashable | None) -> str:
     return f"salt:{digest[:12]}"
 
 
-@dataclass(frozen=True)
-class Eviction:
+class Eviction(NamedTuple):  # a tuple: one is made per evicted node, often in a hot loop
     """One evicted edge: when (`time.time()`), its namespace label, its length, its first
     token ids (for a label), and the hits it had served."""
 

@@ -19,7 +19,14 @@ import torch
 
 from radixlm.kvcache import integrity
 from radixlm.kvcache.pool import KVPool
-from radixlm.kvcache.prefix_cache import HeldSlots, MatchResult, PrefixCache, TokenKey, TreeNode
+from radixlm.kvcache.prefix_cache import (
+    HeldSlots,
+    Insertion,
+    MatchResult,
+    PrefixCache,
+    TokenKey,
+    TreeNode,
+)
 
 
 class ChunkCache(PrefixCache):
@@ -59,6 +66,14 @@ class ChunkCache(PrefixCache):
             raise ValueError(f"{len(key)} tokens but {slot_indices.numel()} slot indices")
         self.pool.free(slot_indices[: self.page_aligned_len(len(key))])
         return 0
+
+    def insert_below(
+        self, node: TreeNode, key: TokenKey, slot_indices: torch.Tensor,
+        extra_key: Hashable | None = None,
+    ) -> Insertion:
+        """`insert` (`node` is the root: nothing is ever matched); nothing was cached."""
+        self.insert(key, slot_indices, extra_key)
+        return Insertion(self._empty, self.root)
 
     def inc_lock_ref(self, node: TreeNode) -> int:
         """No-op (nothing is cached); returns 0."""

@@ -139,7 +139,8 @@ class KVPool:
         dims = (shape.num_layers, rows, shape.num_kv_heads, shape.head_dim)
         self.k_buffer = _zeros(dims, shape.dtype, self.device)
         self.v_buffer = _zeros(dims, shape.dtype, self.device)
-        # Free pages live in _free_pages[:_top]; alloc pops from the top.
+        # The _top free pages live in _free_pages[num_pages - _top:], next to go first: alloc
+        # takes from the front and free puts back in front, so a freed block returns in order.
         self._free_pages = torch.empty(self.num_pages, dtype=torch.int64, device=self.device)
         self._top = 0
         # Debug only: which page ids are currently allocated (page 0 never is).
@@ -208,8 +209,8 @@ class KVPool:
         need = self.pages_for(n)
         if need > self._top:
             return None
-        # flip (a copy): a fresh pool hands out 1, 2, 3, ...; a freed block comes back in order.
-        pages = self._free_pages[self._top - need : self._top].flip(0)
+        start = self.num_pages - self._top
+        pages = self._free_pages[start : start + need].clone()  # a fresh pool: 1, 2, 3, ...
         self._top -= need
         if self._allocated is not None:
             self._allocated[pages] = True
@@ -226,15 +227,16 @@ class KVPool:
         """
         if indices.numel() == 0:
             return
-        indices = indices.to(device=self.device, dtype=torch.int64).reshape(-1)
+        if indices.dtype != torch.int64 or indices.dim() != 1 or indices.device != self.device:
+            indices = indices.to(device=self.device, dtype=torch.int64).reshape(-1)
         # Page ids; with page_size 1 a page is a slot.
         pages = indices if self.page_size == 1 else torch.unique(indices // self.page_size)
         if self._allocated is not None:
             self._check_free(indices, pages)
             self._allocated[pages] = False
-        n = pages.numel()
-        self._free_pages[self._top : self._top + n] = pages.flip(0)
-        self._top += n
+        start = self.num_pages - self._top
+        self._free_pages[start - pages.numel() : start] = pages
+        self._top += pages.numel()
 
     def _check_free(self, indices: torch.Tensor, pages: torch.Tensor) -> None:
         assert self._allocated is not None
@@ -247,7 +249,7 @@ class KVPool:
 
     def clear(self) -> None:
         """Mark every slot free. Anything still referencing slots must be dropped first."""
-        torch.arange(self.num_pages, 0, -1, out=self._free_pages)  # top of the stack: page 1
+        torch.arange(1, self.num_pages + 1, out=self._free_pages)  # page 1 goes first
         self._top = self.num_pages
         if self.debug:
             self._allocated = torch.zeros(self.num_pages + 1, dtype=torch.bool, device=self.device)
@@ -258,11 +260,11 @@ class KVPool:
 
     def free_page_ids(self) -> torch.Tensor:
         """Ids of the free pages ([available_size() // page_size] int64), a copy."""
-        return self._free_pages[: self._top].clone()
+        return self._free_pages[self.num_pages - self._top :].clone()
 
     def free_slots(self) -> torch.Tensor:
         """All free slot ids ([available_size()] int64): for integrity checks, not the hot path."""
-        pages = self._free_pages[: self._top]
+        pages = self._free_pages[self.num_pages - self._top :]
         if self.page_size == 1:
             return pages.clone()
         return (pages.unsqueeze(1) * self.page_size + self._page_offsets).reshape(-1)

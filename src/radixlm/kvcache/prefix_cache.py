@@ -30,6 +30,7 @@ import itertools
 from abc import ABC, abstractmethod
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -106,6 +107,20 @@ class MatchResult:
         return int(self.slot_indices.numel())
 
 
+class Insertion(NamedTuple):
+    """What `insert_below` did.
+
+    `cached` ([n] int64, on the pool device): the tree's slots of the key's first n
+    tokens, which it held before; the caller's own slots for them are duplicates
+    (the caller frees them), and the tree now owns the caller's slots from n up to
+    the page-aligned end of the key. `last_node`: where that page-aligned part now
+    ends; its path's slots are safe to read while it is locked.
+    """
+
+    cached: torch.Tensor
+    last_node: TreeNode
+
+
 def key_tuple(key: TokenKey) -> tuple[int, ...]:
     """Token ids as a tuple of Python ints (a tuple is returned as is)."""
     if isinstance(key, tuple):
@@ -146,6 +161,19 @@ class PrefixCache(ABC):
     ) -> int:
         """Cache `key` with its slots; return how many leading tokens were cached already."""
 
+    @abstractmethod
+    def insert_below(
+        self, node: TreeNode, key: TokenKey, slot_indices: torch.Tensor,
+        extra_key: Hashable | None = None,
+    ) -> Insertion:
+        """`insert` of a key whose first tokens are `node`'s path, given only the rest.
+
+        `node` must be locked (so its path is still cached; it is `root` for an empty
+        path), and `key`/`slot_indices` are the tokens after its path and their slots.
+        The same ownership rule holds, counted from the end of `node`'s path: see
+        `Insertion`. Cheaper than `insert` of the whole key: the path is not walked
+        again, only refreshed.
+        """
     @abstractmethod
     def inc_lock_ref(self, node: TreeNode) -> int:
         """Protect `node` and its ancestors from eviction; return tokens newly protected."""

@@ -53,6 +53,7 @@ from radixlm.kvcache.ledger import SlotContents
 from radixlm.kvcache.pool import KVPool
 from radixlm.kvcache.prefix_cache import (
     HeldSlots,
+    Insertion,
     MatchResult,
     PrefixCache,
     TokenKey,
@@ -192,27 +193,51 @@ class RadixCache(PrefixCache):
         the caller may reuse its tensor) and leaves the rest to the caller
         (see `prefix_cache` for what the caller frees). Refreshes access times.
         """
+        return self._insert(key, slot_indices, extra_key, None)[0]
+
+    def insert_below(
+        self, node: TreeNode, key: TokenKey, slot_indices: torch.Tensor,
+        extra_key: Hashable | None = None,
+    ) -> Insertion:
+        """See `PrefixCache.insert_below`. `node`'s path gets the fresh access time the
+        whole walk of `insert` would have given it (walking up its parents)."""
+        values: list[torch.Tensor] = []
+        _, end = self._insert(key, slot_indices, extra_key, values, node)
+        return Insertion(self._cat(values), end)
+
+    def _insert(
+        self, key: TokenKey, slot_indices: torch.Tensor, extra_key: Hashable | None,
+        values: list[torch.Tensor] | None, start: TreeNode | None = None,
+    ) -> tuple[int, TreeNode]:
+        """The insert walk of `key` below `start` (the root when None): (tokens cached
+        before, node where the key ends). Appends to `values`, when given, the slots of
+        the part that was cached before."""
         toks = key_tuple(key)
         if slot_indices.numel() != len(toks):
             raise ValueError(f"{len(toks)} tokens but {slot_indices.numel()} slot indices")
         n = self.page_aligned_len(len(toks))
         tick = self._tick()
-        node, pos = self.root, 0
+        node, pos = (self.root if start is None else start), 0
+        up = node
+        while up is not self.root:  # the path above `start`: as if walked again
+            up.last_access = tick
+            up = up.parent  # type: ignore[assignment]
+        self._touched(node)
         while pos < n:
             ckey = self._child_key(node, extra_key, toks, pos)
             child = node.children.get(ckey)
             if child is None:
-                # A private copy: the caller may reuse its tensor.
-                value = slot_indices[pos:n].to(self.pool.device, torch.int64, copy=True)
-                self._add_leaf(node, ckey, toks[pos:n], value, extra_key, tick)
-                return pos
+                value = self._own_copy(slot_indices[pos:n])
+                return pos, self._add_leaf(node, ckey, toks[pos:n], value, extra_key, tick)
             c = self._match_edge(child.key, toks, pos, n)
             if c < len(child.key):
                 child = self._split(child, c)
             child.last_access = tick
+            if values is not None:
+                values.append(child.value)
             node, pos = child, pos + c
         self._touched(node)  # the whole key was cached already
-        return pos
+        return pos, node
 
     # -- locks ---------------------------------------------------------------
 
@@ -365,6 +390,12 @@ class RadixCache(PrefixCache):
         c = common_prefix_len(edge, toks, pos, end)
         return c - c % self.page_size
 
+    def _own_copy(self, slots: torch.Tensor) -> torch.Tensor:
+        """A private int64 copy of `slots` on the pool device: the caller may reuse its tensor."""
+        if slots.dtype == torch.int64 and slots.device == self.pool.device:
+            return slots.clone()  # the common case, without `to`'s argument parsing
+        return slots.to(self.pool.device, torch.int64, copy=True)
+
     def _cat(self, values: list[torch.Tensor]) -> torch.Tensor:
         if not values:
             return self._empty_value
@@ -395,7 +426,7 @@ class RadixCache(PrefixCache):
         value: torch.Tensor,
         extra_key: Hashable | None,
         tick: int,
-    ) -> None:
+    ) -> TreeNode:
         leaf = TreeNode(parent, key, value, extra_key, tick)
         self._leaves.discard(parent)  # no longer childless
         parent.children[ckey] = leaf
@@ -405,6 +436,7 @@ class RadixCache(PrefixCache):
             self.tier.keep(leaf)  # write-through: the tier queues a copy at once
         if self.events is not None:
             self.events.stored(leaf)
+        return leaf
 
     def _remove_leaf(self, node: TreeNode) -> TreeNode:
         """Unlink an unlocked leaf (its slots are the caller's to free); return its parent."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from radixlm.kvcache.pool import KVPool
-from radixlm.kvcache.prefix_cache import MatchResult, PrefixCache
+from radixlm.kvcache.prefix_cache import Insertion, MatchResult, PrefixCache
 from radixlm.scheduler.request import Req
 
 
@@ -36,7 +36,7 @@ class KVManager:
         With a lower cache tier, a prefix it continues is first loaded back into
         the pool (and the tree), so the match covers it.
         """
-        key = req.fill_ids[: req.max_prefix_len()]
+        key = req.prefix_key(req.max_prefix_len())
         m = self.cache.match_prefix(key, req.extra_key, record=False)
         if self.tier is not None and m.prefix_len < len(key):
             m = self.tier.load_deeper(key, req.extra_key, m)
@@ -68,7 +68,7 @@ class KVManager:
         if new is None:
             self.cache.dec_lock_ref(m.last_node)
             return False
-        req.kv_slots = torch.cat([m.slot_indices, new])
+        req.set_slots([m.slot_indices, new])
         req.cache_protected_len = m.prefix_len
         req.last_node = m.last_node
         return True
@@ -78,8 +78,7 @@ class KVManager:
         new = self.alloc(n)
         if new is None:
             return False
-        assert req.kv_slots is not None
-        req.kv_slots = torch.cat([req.kv_slots, new])
+        req.append_slots(new)
         return True
 
     def reserve_decode(self, reqs: list[Req], sizes: list[int]) -> bool:
@@ -88,8 +87,10 @@ class KVManager:
         new = self.alloc(sum(sizes))
         if new is None:
             return False
-        for req, slots in zip(reqs, new.split(sizes), strict=True):
-            req.kv_slots = torch.cat([req.kv_slots, slots])  # type: ignore[list-item]
+        # One C call for the pieces (Tensor.split's Python wrapper cost ~2 us a step).
+        pieces = new.view(-1, 1).unbind() if len(sizes) == len(new) else new.split_with_sizes(sizes)
+        for req, slots in zip(reqs, pieces, strict=True):
+            req.append_slots(slots)
         return True
 
     def set_aside_drafts(self, req: Req, n: int) -> torch.Tensor:
@@ -97,15 +98,15 @@ class KVManager:
 
         The caller gives each back with `keep_draft_slot` or frees it.
         """
-        assert req.kv_slots is not None
-        spare = req.kv_slots[req.kv_len - n :]
-        req.kv_slots = req.kv_slots[: req.kv_len - n]
+        slots = req.kv_slots
+        assert slots is not None
+        spare = slots[req.kv_len - n :]
+        req.set_slots([slots[: req.kv_len - n]])
         return spare
 
     def keep_draft_slot(self, req: Req, slot: torch.Tensor) -> None:
         """A draft token was accepted: its slot ([1]) joins `req`'s K/V again."""
-        assert req.kv_slots is not None
-        req.kv_slots = torch.cat([req.kv_slots, slot])
+        req.append_slots(slot)
 
     # -- caching and release ---------------------------------------------------
 
@@ -115,29 +116,36 @@ class KVManager:
         Duplicate slots (K/V another request cached meanwhile) are freed and
         replaced by the tree's, and the lock moves down to the new last node.
         """
-        if not self.cache.shares_prefixes or req.kv_slots is None:
+        if not self.cache.shares_prefixes or not req.has_kv:
             return  # a cache that shares nothing gets a request's slots when it ends
-        key = req.fill_ids[: req.kv_len]
-        n = self.cache.insert(key, req.kv_slots, req.extra_key)
-        if n > req.cache_protected_len:
-            self.pool.free(req.kv_slots[req.cache_protected_len : n])
-        m = self.cache.match_prefix(key, req.extra_key, record=False)
-        self.cache.inc_lock_ref(m.last_node)
+        head, own = req.split_slots()
+        done = self._insert_own(req, own)
+        self.cache.inc_lock_ref(done.last_node)
         self.cache.dec_lock_ref(req.last_node)
-        req.kv_slots = torch.cat([m.slot_indices, req.kv_slots[m.prefix_len :]])
-        req.cache_protected_len, req.last_node = m.prefix_len, m.last_node
+        n = done.cached.shape[0]
+        req.set_slots([*head, done.cached, own[n:]] if n else [*head, own])
+        req.last_node = done.last_node  # the tree holds every token up to it now
+        req.cache_protected_len += self.cache.page_aligned_len(own.shape[0])
 
     def release(self, req: Req) -> None:
         """A request leaves the running set: cache its K/V, free what the tree did not take."""
-        if req.kv_slots is None:
+        if not req.has_kv:
             return
-        key = req.fill_ids[: req.kv_len]
-        n = self.cache.insert(key, req.kv_slots, req.extra_key)  # it owns [n:] now
-        if n > req.cache_protected_len:
-            # The tree already held [protected, n): our copies are duplicates.
-            self.pool.free(req.kv_slots[req.cache_protected_len : n])
+        self._insert_own(req, req.split_slots()[1])  # the tree owns the rest now
         self.cache.dec_lock_ref(req.last_node)
-        req.kv_slots, req.last_node, req.cache_protected_len = None, None, 0
+        req.set_slots(None)
+        req.last_node, req.cache_protected_len = None, 0
+
+    def _insert_own(self, req: Req, own: torch.Tensor) -> Insertion:
+        """Insert `req`'s tokens after its locked prefix (`own` their slots), freeing the
+        duplicates of tokens the tree held already."""
+        assert req.last_node is not None
+        key = req.prefix_key(req.kv_len, req.cache_protected_len)
+        done = self.cache.insert_below(req.last_node, key, own, req.extra_key)
+        n = done.cached.shape[0]
+        if n:  # another request cached these tokens meanwhile
+            self.pool.free(own[:n])
+        return done
 
     def discard(self, req: Req) -> None:
         """A request's step failed: free the slots it owns and unlock, caching nothing.
@@ -146,12 +154,13 @@ class KVManager:
         computed by steps that succeeded, and the failed forward wrote only to
         the request's own new slots.
         """
-        if req.kv_slots is None:
+        if not req.has_kv:
             return
-        self.pool.free(req.kv_slots[req.cache_protected_len :])
+        self.pool.free(req.split_slots()[1])
         self.cache.dec_lock_ref(req.last_node)
-        req.kv_slots, req.last_node, req.cache_protected_len = None, None, 0
+        req.set_slots(None)
+        req.last_node, req.cache_protected_len = None, 0
 
     def owned_slots(self, reqs: list[Req]) -> list[torch.Tensor]:
         """Slots held by these requests outside the tree (for the integrity check)."""
-        return [r.kv_slots[r.cache_protected_len :] for r in reqs if r.kv_slots is not None]
+        return [r.split_slots()[1] for r in reqs if r.has_kv]

@@ -55,7 +55,7 @@ class FinishReason:
         return d
 
 
-@dataclass
+@dataclass(eq=False)  # a request is itself: `in` and `remove` on lists compare identity
 class Req:
     """One sequence to generate.
 
@@ -66,6 +66,8 @@ class Req:
 
     `kv_len == len(kv_slots)` tokens of `fill_ids` have K/V. The newest sampled
     token never has K/V until the next decode step computes it.
+
+    `input_ids` never changes after construction (`prefix_key` caches its tuple).
     """
 
     rid: str
@@ -80,8 +82,12 @@ class Req:
     state: ReqState = ReqState.WAITING
     finish_reason: FinishReason | None = None
 
-    # KV state (see the class docstring).
-    kv_slots: torch.Tensor | None = None
+    # KV state (see the class docstring). The slots are kept as pieces ([n_i] int64
+    # each, in order), joined by one cat when `kv_slots` is read: a decode step appends
+    # a piece without a copy, and reads that need no slots between steps (the trace
+    # replay's) never pay for one.
+    _kv_pieces: list[torch.Tensor] | None = field(default=None, init=False, repr=False)
+    _kv_len: int = field(default=0, init=False, repr=False)
     cache_protected_len: int = 0
     last_node: TreeNode | None = None
 
@@ -105,11 +111,27 @@ class Req:
     input_top_logprobs: list[list[tuple[float, int]]] = field(default_factory=list)
     output_logprobs: list[tuple[float, int]] = field(default_factory=list)
     output_top_logprobs: list[list[tuple[float, int]]] = field(default_factory=list)
+    _input_key: tuple[int, ...] | None = field(default=None, repr=False, compare=False)
 
     @property
     def fill_ids(self) -> list[int]:
         """Every token of the sequence so far: prompt, then output."""
         return self.input_ids + self.output_ids
+
+    def prefix_key(self, n: int, start: int = 0) -> tuple[int, ...]:
+        """fill_ids[start:n] as a tuple, the prefix cache's key type.
+
+        The prompt's tuple is built on the first call and kept, so a key inside the
+        prompt costs one tuple slice (no list is built).
+        """
+        key = self._input_key
+        if key is None:
+            key = self._input_key = tuple(self.input_ids)
+        p = len(key)
+        if n <= p:
+            return key if start == 0 and n == p else key[start:n]
+        out = tuple(self.output_ids[max(start - p, 0) : n - p])
+        return key[start:] + out if start < p else out
 
     @property
     def fill_len(self) -> int:
@@ -122,8 +144,63 @@ class Req:
         return self.output_ids[-1] if self.output_ids else self.input_ids[-1]
 
     @property
+    def kv_slots(self) -> torch.Tensor | None:
+        """The slots of the first kv_len tokens ([kv_len] int64), or None with no KV state.
+
+        Safe to use until the next `set_slots`/`append_slots`.
+        """
+        pieces = self._kv_pieces
+        if pieces is None:
+            return None
+        if len(pieces) > 1:
+            pieces[:] = [torch.cat(pieces)]
+        return pieces[0]
+
+    @property
+    def has_kv(self) -> bool:
+        """Whether the request holds KV state (slots, a lock); cheaper than reading them."""
+        return self._kv_pieces is not None
+
+    def split_slots(self) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """(pieces of kv_slots[:cache_protected_len], kv_slots[cache_protected_len:] joined).
+
+        Only the request's own part is copied: the cached prefix, often most of the
+        sequence, stays in the pieces it came in. Requires KV state.
+        """
+        pieces = self._kv_pieces
+        assert pieces is not None
+        head: list[torch.Tensor] = []
+        left = self.cache_protected_len
+        i = 0
+        while left and i < len(pieces):
+            n = pieces[i].shape[0]
+            if n > left:
+                break
+            head.append(pieces[i])
+            left -= n
+            i += 1
+        rest = pieces[i:]
+        if left:  # the boundary falls inside piece i
+            head.append(rest[0][:left])
+            rest = [rest[0][left:], *rest[1:]]
+        if len(rest) == 1:
+            return head, rest[0]
+        return head, torch.cat(rest) if rest else pieces[0][:0]
+
+    def set_slots(self, pieces: list[torch.Tensor] | None) -> None:
+        """Replace the KV slots by the concatenation of `pieces` (None: no KV state)."""
+        self._kv_pieces = pieces
+        self._kv_len = 0 if pieces is None else sum(p.shape[0] for p in pieces)
+
+    def append_slots(self, slots: torch.Tensor) -> None:
+        """Append the slots ([n] int64) of the next n tokens' K/V (no copy is made now)."""
+        assert self._kv_pieces is not None, "a request without KV state gets set_slots first"
+        self._kv_pieces.append(slots)
+        self._kv_len += slots.shape[0]
+
+    @property
     def kv_len(self) -> int:
-        return 0 if self.kv_slots is None else int(self.kv_slots.numel())
+        return self._kv_len
 
     @property
     def finished(self) -> bool:

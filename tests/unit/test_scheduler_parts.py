@@ -118,3 +118,19 @@ def test_slot_pieces_join_and_split_at_the_protected_length():
         assert own.tolist() == list(range(10 + protected, 18))
     r.set_slots(None)
     assert not r.has_kv and r.kv_len == 0 and r.kv_slots is None
+
+
+def test_a_repeated_match_is_reused_only_while_the_tree_is_unchanged():
+    kv = kv_manager(total=40)
+    cache_sequence(kv, list(range(1, 21)))
+    a, b = req("a", list(range(1, 11)) + [99]), req("b", list(range(1, 6)) + [98])
+    first = kv.match(a)
+    assert first.prefix_len == 10
+    assert kv.match(a) is first  # nothing happened in between: the same result
+    kv.match(b)  # another lookup stamps other nodes: `a` is looked up again
+    again = kv.match(a)
+    assert again is not first and again.prefix_len == 10
+    assert kv.match(a) is again
+    kv.cache.evict(40)  # everything unlocked goes: the old result would name freed slots
+    assert kv.match(a).prefix_len == 0
+    kv.cache.check_integrity()

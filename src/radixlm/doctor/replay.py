@@ -62,7 +62,7 @@ class LedgerRadixCache(RadixCache):
         self.evicted: dict[tuple[Any, Any], int] = defaultdict(int)
 
     def _remove_leaf(self, node: TreeNode) -> TreeNode:
-        self.evicted[(self.actor, node.extra_key)] += len(node)
+        self.evicted[(self.actor, node.extra_key)] += len(node.key)
         return super()._remove_leaf(node)
 
 

@@ -63,9 +63,10 @@ class EvictionLog:
 
     def record(self, node: TreeNode) -> None:
         """`node` was just evicted (its key is still readable)."""
+        n = len(node.key)
         self.total_nodes += 1
-        self.total_tokens += len(node)
-        self.recent.append(Eviction(time.time(), namespace_label(node.extra_key), len(node),
+        self.total_tokens += n
+        self.recent.append(Eviction(time.time(), namespace_label(node.extra_key), n,
                                     node.key[:LABEL_TOKENS], node.hits))  # fmt: skip
 
 

@@ -172,7 +172,9 @@ class PrefixCache(ABC):
         path), and `key`/`slot_indices` are the tokens after its path and their slots.
         The same ownership rule holds, counted from the end of `node`'s path: see
         `Insertion`. Cheaper than `insert` of the whole key: the path is not walked
-        again, only refreshed.
+        again, only refreshed. Unlike `insert`, the tree may keep views of
+        `slot_indices` rather than copies: the caller hands the tensor over and must
+        not write to it afterwards.
         """
     @abstractmethod
     def inc_lock_ref(self, node: TreeNode) -> int:

@@ -105,6 +105,7 @@ class RadixCache(PrefixCache):
         # evicted while its slots still hold its K/V; None without --cache-dir.
         self.tier: TierBridge | None = None
         self.events: BlockTracker | None = None  # KV events (kvcache.events); None: off
+        self._generation = 0
         self.reset_state()
 
     def reset_state(self) -> None:
@@ -118,6 +119,7 @@ class RadixCache(PrefixCache):
         self._leaves: set[TreeNode] = set()  # unlocked childless non-root nodes
         self._heap: list[tuple[int, int, TreeNode]] = []  # LRU order over _leaves, lazily
         self._clock = 0
+        self._generation += 1
         self.tokens_queried = 0
         self.tokens_hit = 0
 
@@ -131,6 +133,13 @@ class RadixCache(PrefixCache):
     def clock(self) -> int:
         """The logical clock: the tick of the last match or insert (`last_access` units)."""
         return self._clock
+
+    @property
+    def generation(self) -> int:
+        """A number that changes with every match, insert, eviction and reset (never
+        repeats): while it is unchanged, a match result is current and no access time
+        was set after it."""
+        return self._generation
 
     @property
     def protected_size(self) -> int:
@@ -202,16 +211,17 @@ class RadixCache(PrefixCache):
         """See `PrefixCache.insert_below`. `node`'s path gets the fresh access time the
         whole walk of `insert` would have given it (walking up its parents)."""
         values: list[torch.Tensor] = []
-        _, end = self._insert(key, slot_indices, extra_key, values, node)
+        _, end = self._insert(key, slot_indices, extra_key, values, node, copy=False)
         return Insertion(self._cat(values), end)
 
     def _insert(
         self, key: TokenKey, slot_indices: torch.Tensor, extra_key: Hashable | None,
-        values: list[torch.Tensor] | None, start: TreeNode | None = None,
+        values: list[torch.Tensor] | None, start: TreeNode | None = None, copy: bool = True,
     ) -> tuple[int, TreeNode]:
         """The insert walk of `key` below `start` (the root when None): (tokens cached
         before, node where the key ends). Appends to `values`, when given, the slots of
-        the part that was cached before."""
+        the part that was cached before. Without `copy`, a new leaf keeps a view of
+        `slot_indices` when it is int64 on the pool device."""
         toks = key_tuple(key)
         if slot_indices.numel() != len(toks):
             raise ValueError(f"{len(toks)} tokens but {slot_indices.numel()} slot indices")
@@ -227,7 +237,7 @@ class RadixCache(PrefixCache):
             ckey = self._child_key(node, extra_key, toks, pos)
             child = node.children.get(ckey)
             if child is None:
-                value = self._own_copy(slot_indices[pos:n])
+                value = self._own_slots(slot_indices[pos:n], copy)
                 return pos, self._add_leaf(node, ckey, toks[pos:n], value, extra_key, tick)
             c = self._match_edge(child.key, toks, pos, n)
             if c < len(child.key):
@@ -250,7 +260,7 @@ class RadixCache(PrefixCache):
         newly = 0
         while node is not self.root:
             if node.lock_ref == 0:
-                newly += len(node)
+                newly += len(node.key)
                 self._leaves.discard(node)
             node.lock_ref += 1
             node = node.parent  # type: ignore[assignment]
@@ -266,7 +276,7 @@ class RadixCache(PrefixCache):
         while node is not self.root:
             node.lock_ref -= 1
             if node.lock_ref == 0:
-                freed += len(node)
+                freed += len(node.key)
                 if not node.children:
                     self._add_candidate(node)
             node = node.parent  # type: ignore[assignment]
@@ -290,12 +300,14 @@ class RadixCache(PrefixCache):
             if node not in self._leaves or stamp != node.last_access:
                 continue  # stale: locked, evicted, given children or touched since
             values.append(node.value)
-            freed += len(node)
+            freed += len(node.key)
             self.evictions.record(node)
             if self.tier is not None:
                 self.tier.keep(node)  # spill before the slots go back to the pool
             self._remove_leaf(node)  # its parent may become a candidate in turn
-        self.pool.free(self._cat(values))
+        if values:
+            self._generation += 1
+            self.pool.free(self._cat(values))
         return freed
 
     def reset(self) -> None:
@@ -375,6 +387,7 @@ class RadixCache(PrefixCache):
 
     def _tick(self) -> int:
         self._clock += 1
+        self._generation += 1
         return self._clock
 
     def _child_key(
@@ -390,10 +403,11 @@ class RadixCache(PrefixCache):
         c = common_prefix_len(edge, toks, pos, end)
         return c - c % self.page_size
 
-    def _own_copy(self, slots: torch.Tensor) -> torch.Tensor:
-        """A private int64 copy of `slots` on the pool device: the caller may reuse its tensor."""
+    def _own_slots(self, slots: torch.Tensor, copy: bool) -> torch.Tensor:
+        """`slots` as int64 on the pool device for a node to keep: a private copy when
+        `copy` (the caller may reuse its tensor), else `slots` itself where it can be."""
         if slots.dtype == torch.int64 and slots.device == self.pool.device:
-            return slots.clone()  # the common case, without `to`'s argument parsing
+            return slots.clone() if copy else slots  # without `to`'s argument parsing
         return slots.to(self.pool.device, torch.int64, copy=True)
 
     def _cat(self, values: list[torch.Tensor]) -> torch.Tensor:
@@ -431,7 +445,7 @@ class RadixCache(PrefixCache):
         self._leaves.discard(parent)  # no longer childless
         parent.children[ckey] = leaf
         self._add_candidate(leaf)
-        self._evictable += len(leaf)
+        self._evictable += len(key)
         if self.tier is not None:
             self.tier.keep(leaf)  # write-through: the tier queues a copy at once
         if self.events is not None:
@@ -444,7 +458,7 @@ class RadixCache(PrefixCache):
         assert parent is not None and not node.children and node.lock_ref == 0
         del parent.children[self._child_key(parent, node.extra_key, node.key, 0)]
         self._leaves.discard(node)
-        self._evictable -= len(node)
+        self._evictable -= len(node.key)
         if self.events is not None:
             self.events.removed(node)  # `node.parent` is still set: its path is known
         if parent is not self.root and not parent.children and parent.lock_ref == 0:

@@ -24,6 +24,8 @@ class KVManager:
         self.pool = pool
         self.cache = cache
         self.tier = getattr(cache, "tier", None)  # a lower cache tier (kvcache.tiers), or None
+        # (req, cache generation, key length, result) of the last match; see `match`.
+        self._last_match: tuple[Req, int, int, MatchResult] | None = None
 
     # -- matching and admission ------------------------------------------------
 
@@ -35,11 +37,23 @@ class KVManager:
         until the next allocation or eviction unless `lock_and_allocate` locks it.
         With a lower cache tier, a prefix it continues is first loaded back into
         the pool (and the tree), so the match covers it.
+
+        Matching the request matched last again, with the tree's `generation`
+        unchanged since, returns that result: the lookup would find the same prefix
+        and only stamp the same path a tick later, which leaves the LRU order as it
+        is. (The policy's ordering and admission both match the head of the queue.)
         """
-        key = req.prefix_key(req.max_prefix_len())
+        n = req.max_prefix_len()
+        gen = getattr(self.cache, "generation", None)
+        last = self._last_match
+        if last is not None and last[0] is req and last[1] == gen and last[2] == n:
+            return last[3]
+        key = req.prefix_key(n)
         m = self.cache.match_prefix(key, req.extra_key, record=False)
         if self.tier is not None and m.prefix_len < len(key):
             m = self.tier.load_deeper(key, req.extra_key, m)
+        elif gen is not None:  # (a tier may find more later: it is asked every time)
+            self._last_match = (req, self.cache.generation, n, m)
         return m
 
     def available(self) -> int:
@@ -87,9 +101,8 @@ class KVManager:
         new = self.alloc(sum(sizes))
         if new is None:
             return False
-        # One C call for the pieces (Tensor.split's Python wrapper cost ~2 us a step).
-        pieces = new.view(-1, 1).unbind() if len(sizes) == len(new) else new.split_with_sizes(sizes)
-        for req, slots in zip(reqs, pieces, strict=True):
+        # split_with_sizes: one C call (Tensor.split's Python wrapper cost ~2 us a step).
+        for req, slots in zip(reqs, new.split_with_sizes(sizes), strict=True):
             req.append_slots(slots)
         return True
 

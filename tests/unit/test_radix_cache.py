@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import numpy as np
 import pytest
 import torch
@@ -64,6 +66,18 @@ def test_common_prefix_len():
         other = (*long[:i], -1, *long[i + 1 :])
         assert common_prefix_len(long, other) == i
         assert common_prefix_len(long, long[:i]) == i
+    rng = random.Random(0)
+    for _ in range(300):  # against the obvious loop, with offsets and ends
+        n = rng.randrange(0, 3000)
+        edge = tuple(rng.randrange(3) if rng.random() < 0.01 else 1 for _ in range(n))
+        key = tuple(rng.randrange(3) if rng.random() < 0.01 else 1 for _ in range(n + 50))
+        start, end = rng.randrange(0, 50), rng.choice([None, rng.randrange(50, n + 50)])
+        want = 0
+        for x, y in zip(edge, key[start:end], strict=False):
+            if x != y:
+                break
+            want += 1
+        assert common_prefix_len(edge, key, start, end) == want
 
 
 def test_insert_then_match_exact_slots_and_split():

@@ -123,7 +123,7 @@ def test_slot_pieces_join_and_split_at_the_protected_length():
 def test_a_repeated_match_is_reused_only_while_the_tree_is_unchanged():
     kv = kv_manager(total=40)
     cache_sequence(kv, list(range(1, 21)))
-    a, b = req("a", list(range(1, 11)) + [99]), req("b", list(range(1, 6)) + [98])
+    a, b = req("a", [*range(1, 11), 99]), req("b", [*range(1, 6), 98])
     first = kv.match(a)
     assert first.prefix_len == 10
     assert kv.match(a) is first  # nothing happened in between: the same result

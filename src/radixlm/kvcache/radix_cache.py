@@ -43,7 +43,6 @@ import heapq
 from collections.abc import Hashable, Sequence
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 
 from radixlm.kvcache import integrity
@@ -65,7 +64,7 @@ if TYPE_CHECKING:
     from radixlm.kvcache.events import BlockTracker
     from radixlm.kvcache.tiers.bridge import TierBridge
 
-_CHUNK = 64  # tokens compared per C-level tuple comparison when locating a mismatch
+_CHUNK = 64  # the first run `common_prefix_len` compares at once (runs then double)
 
 
 def common_prefix_len(
@@ -73,19 +72,27 @@ def common_prefix_len(
 ) -> int:
     """Length of the longest common prefix of `edge` and `key[start:end]`.
 
-    Tuples (or lists) of ints: equal 64-token chunks are skipped with one C-level
-    comparison each; the first differing chunk is compared with numpy.
+    Two tuples (or two lists) of ints: a tuple never equals a list. Every step is one
+    C-level slice comparison: runs of doubling length (from 64) skip the equal part,
+    then the first run that differs is halved down to the first differing token, so a
+    prefix of n tokens costs about 2 log2(n) comparisons.
     """
     m = min(len(edge), (len(key) if end is None else end) - start)
-    lo = 0
-    while lo < m:
-        hi = min(lo + _CHUNK, m)
-        a, b = edge[lo:hi], key[start + lo : start + hi]
-        if a != b:
-            neq = np.asarray(a, dtype=np.int64) != np.asarray(b, dtype=np.int64)
-            return lo + int(neq.argmax())
-        lo = hi
-    return m
+    lo, run = 0, _CHUNK
+    while True:  # edge[:lo] == key[start:start + lo]
+        if lo >= m:
+            return m
+        hi = min(lo + run, m)
+        if edge[lo:hi] != key[start + lo : start + hi]:
+            break
+        lo, run = hi, 2 * run
+    while hi - lo > 1:  # the first difference lies in [lo, hi)
+        mid = (lo + hi) // 2
+        if edge[lo:mid] == key[start + lo : start + mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo
 
 
 class RadixCache(PrefixCache):

@@ -80,6 +80,18 @@ def test_a_cut_line_is_skipped_and_runs_follow_each_other(tmp_path):
     assert steps == sorted(steps) and len(set(steps)) == 6  # the second run comes after
 
 
+def test_a_line_with_ids_that_are_not_64_bit_ints_is_skipped(tmp_path):
+    w = TraceWriter(tmp_path, header())
+    w.finished([finished_req("a", [1, 2, 3])])
+    w.close()
+    good = trace_files(tmp_path)[0].read_text().splitlines()[1]
+    with trace_files(tmp_path)[0].open("a") as f:
+        for bad in ([1, 2.5, 3], [1, "2", 3], [1, 2**64, 3], "123"):
+            f.write(good.replace('"prompt":[1,2,3]', '"prompt":' + json.dumps(bad)) + "\n")
+    trace = read_trace(tmp_path)
+    assert trace.bad_lines == 4 and [r.prompt for r in trace.records] == [[1, 2, 3]]
+
+
 def test_a_failing_write_turns_the_trace_off_without_raising(tmp_path, monkeypatch):
     w = TraceWriter(tmp_path, header())
 

@@ -36,6 +36,7 @@ import torch
 
 from radixlm.config import SchedulerConfig
 from radixlm.doctor.units import ReplayRequest
+from radixlm.kvcache.activity import EvictionLog
 from radixlm.kvcache.pool import KVPool, PoolShape
 from radixlm.kvcache.prefix_cache import TreeNode
 from radixlm.kvcache.radix_cache import RadixCache
@@ -48,6 +49,14 @@ from radixlm.scheduler.request import FinishReason, Req, ReqState
 _SHAPE = PoolShape(1, 1, 1, torch.float16)  # 4 bytes of K/V per slot: storage is never read
 
 
+class _CountingLog(EvictionLog):
+    """Counts evictions without keeping recent ones (only the live cache view shows them)."""
+
+    def record(self, node: TreeNode) -> None:
+        self.total_nodes += 1
+        self.total_tokens += len(node.key)
+
+
 class LedgerRadixCache(RadixCache):
     """The real `RadixCache`, which also books who evicted whose tokens.
 
@@ -58,6 +67,7 @@ class LedgerRadixCache(RadixCache):
 
     def __init__(self, pool: KVPool) -> None:
         super().__init__(pool)
+        self.evictions = _CountingLog()
         self.actor: Hashable | None = None
         self.evicted: dict[tuple[Any, Any], int] = defaultdict(int)
 

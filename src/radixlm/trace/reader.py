@@ -6,10 +6,11 @@ and counted, never fatal.
 
 from __future__ import annotations
 
-import json
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import orjson
 
 from radixlm.trace.record import TraceHeader, TraceRecord
 from radixlm.trace.writer import trace_files
@@ -50,7 +51,7 @@ def read_trace(trace_dir: str | Path, limit: int | None = None) -> Trace:
         with f.open(encoding="utf-8", errors="replace") as fh:
             for line in fh:
                 try:
-                    obj = json.loads(line)
+                    obj = orjson.loads(line)  # a bad line: JSONDecodeError, a ValueError
                     if "header" in obj:
                         header = TraceHeader.from_dict(obj["header"])
                     else:

@@ -20,6 +20,7 @@ wrote it (see `TraceHeader`).
 
 from __future__ import annotations
 
+import array
 import hashlib
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -99,7 +100,8 @@ class TraceRecord:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json_dict(self) -> dict[str, Any]:
-        d = {k: v for k, v in asdict(self).items() if v is not None and k != "extra"}
+        # vars, not asdict: asdict deep-copies the id lists (~0.6 ms for 1,000 ids).
+        d = {k: v for k, v in vars(self).items() if v is not None and k != "extra"}
         if self.pages is not None:
             d["pages"] = [f"{p:016x}" for p in self.pages]
         return d
@@ -119,11 +121,25 @@ class TraceRecord:
             finish=str(d.get("finish", "")),
             admitted=bool(d.get("admitted", True)),
             logprob_start=int(d.get("logprob_start", -1)),
-            prompt=None if d.get("prompt") is None else [int(x) for x in d["prompt"]],
-            output=None if d.get("output") is None else [int(x) for x in d["output"]],
+            prompt=_ids(d.get("prompt")),
+            output=_ids(d.get("output")),
             pages=None if pages is None else [int(p, 16) & _MASK63 for p in pages],
         )
 
     @property
     def hashed(self) -> bool:
         return self.prompt is None
+
+
+def _ids(value: Any) -> list[int] | None:
+    """A JSON list of token ids, itself (None stays None); raises TypeError or ValueError
+    unless every item is an int that fits 64 bits (checked at C speed by `array`)."""
+    if value is None:
+        return None
+    if type(value) is not list:
+        raise TypeError(f"token ids must be a list, not {type(value).__name__}")
+    try:
+        array.array("q", value)
+    except OverflowError as e:
+        raise ValueError("a token id does not fit 64 bits") from e
+    return value

@@ -176,6 +176,7 @@ class PrefixCache(ABC):
         `slot_indices` rather than copies: the caller hands the tensor over and must
         not write to it afterwards.
         """
+
     @abstractmethod
     def inc_lock_ref(self, node: TreeNode) -> int:
         """Protect `node` and its ancestors from eviction; return tokens newly protected."""

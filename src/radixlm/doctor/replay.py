@@ -246,9 +246,9 @@ class Replay:
                     self.running.append(req)
 
     def _decode(self) -> None:
-        k, left = self._jump()
-        if k > 1:
-            sizes = [min(k, n) for n in left]
+        sizes = self._jump()
+        if sizes is not None:
+            k = max(sizes)
             ok = self.kv.reserve_decode(self.running, sizes)
             assert ok, "a jump is taken only when its slots fit"
             # Released in step order (stable: running order within a step), as k steps would.
@@ -259,6 +259,7 @@ class Replay:
             self.steps += 1
             return
         else:
+            k = 1
             for req in list(self.running):
                 self._emit(req, 1)
         self.running = [r for r in self.running if not r.finished]
@@ -266,23 +267,25 @@ class Replay:
         self.ratio = max(c.min_new_token_ratio, self.ratio - k * c.new_token_ratio_decay)
         self.steps += k
 
-    def _jump(self) -> tuple[int, list[int]]:
-        """(decode steps that can run as one, each running request's output units left);
-        see the module docstring. 1 step when no run can be taken."""
-        left = [r.goal - len(r.output_ids) for r in self.running]  # type: ignore[attr-defined]
+    def _jump(self) -> list[int] | None:
+        """The output units each running request gets in a run of decode steps done as
+        one (see the module docstring; the longest is the run's length), or None when
+        the next step runs alone."""
         if self.waiting or self.chunked or not self.jumps:
-            return 1, left
+            return None
+        left = [r.goal - len(r.output_ids) for r in self.running]  # type: ignore[attr-defined]
         k = max(left)
         if self.pending:
             k = min(k, self.pending[0].step - self.steps)
         if k <= 1:
-            return 1, left
-        if sum(min(k, n) for n in left) <= self.kv.pool.available_size():
-            return k, left  # no step evicts: requests may end inside the run
+            return None
+        sizes = [min(k, n) for n in left]
+        if sum(sizes) <= self.kv.pool.available_size():
+            return sizes  # no step evicts: requests may end inside the run
         k = min(k, *left)  # the first to end ends the run
         if k <= 1 or self.kv.available() < k * len(self.running):
-            return 1, left
-        return k, left
+            return None
+        return [k] * len(left)
 
     def _reserve_one(self) -> bool:
         """One slot for every running request, retracting as `Scheduler` does when short."""

@@ -111,7 +111,7 @@ class Req:
     input_top_logprobs: list[list[tuple[float, int]]] = field(default_factory=list)
     output_logprobs: list[tuple[float, int]] = field(default_factory=list)
     output_top_logprobs: list[list[tuple[float, int]]] = field(default_factory=list)
-    _input_key: tuple[int, ...] | None = field(default=None, repr=False, compare=False)
+    _input_key: tuple[int, ...] | None = field(default=None, init=False, repr=False)
 
     @property
     def fill_ids(self) -> list[int]:

@@ -1,12 +1,15 @@
 """Where the time of one decode step goes, on the real engine path.
 
     .venv/bin/python benchmarks/profile_decode.py [--model smollm2-135m-instruct] \
-        [--dtype auto] [--quantization auto] [--batch 1,8,32] [--context 1000] [--steps 20]
+        [--dtype auto] [--quantization auto] [--batch 1,8,32] [--context 1000] [--steps 20] \
+        [--shared 0 --groups 4]
 
 For each batch size B it builds the engine's runtime (model, KV pool, radix
 cache, scheduler), admits B requests of `--context` random prompt tokens,
-prefills them, then runs `--steps` decode steps through `Scheduler.step`
-(scheduler -> model runner -> model -> sampler -> finisher/detokenizer).
+prefills them (with `--shared S`, in `--groups` groups whose first S tokens
+agree, the shape of the shared-prefix workload), then runs `--steps` decode
+steps through `Scheduler.step` (scheduler -> model runner -> model -> sampler ->
+finisher/detokenizer).
 
 Two passes over the same steps:
 1. wall clock, with timers on the stages (step, batch setup, model, attention,
@@ -142,9 +145,15 @@ def start_batch(args: argparse.Namespace, batch: int) -> Any:
     rng = random.Random(batch)
     vocab = runtime.loaded.config.vocab_size
     params = SamplingParams(max_new_tokens=10 * args.steps, ignore_eos=True, temperature=0)
+    groups = max(1, min(args.groups, batch)) if args.shared else batch
+    shared = [[rng.randrange(vocab) for _ in range(args.shared)] for _ in range(groups)]
     for i in range(batch):
-        prompt = [rng.randrange(vocab) for _ in range(args.context)]
+        own = [rng.randrange(vocab) for _ in range(args.context - args.shared)]
+        prompt = shared[i % groups] + own if args.shared else own
         sched.add_request(Req(rid=f"r{i}", input_ids=prompt, params=params))
+        if i < groups:  # one request per group first, so the rest find its prefix cached
+            while len(sched.running) < i + 1:
+                sched.step()
     while len(sched.running) < batch:
         sched.step()
     for _ in range(3):  # warm-up decode steps
@@ -215,6 +224,9 @@ def main() -> None:
     ap.add_argument("--batch", default="1,8,32")
     ap.add_argument("--context", type=int, default=1000)
     ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--shared", type=int, default=0,
+                    help="the first SHARED tokens of each prompt are its group's (cascade)")
+    ap.add_argument("--groups", type=int, default=4, help="groups of prompts with --shared")
     args = ap.parse_args()
     bw = read_bandwidth()
     rows = {int(b): profile_batch(args, int(b)) for b in args.batch.split(",")}

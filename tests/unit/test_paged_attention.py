@@ -73,6 +73,19 @@ def test_single_prefill_without_prefix_uses_causal_flag():
     assert ctx.metadata.groups[0].is_causal and ctx.metadata.groups[0].mask is None
 
 
+def test_equal_prefills_without_prefix_share_the_causal_flag():
+    """Several whole prompts of one length: one unpadded group, SDPA's own causal mask."""
+    ctx = assert_matches_reference([0, 0, 0], [17, 17, 17], seed=3)
+    (group,) = ctx.metadata.groups
+    assert group.batch == 3 and group.is_causal and group.mask is None
+
+
+def test_unequal_or_cached_prefills_keep_the_mask():
+    for prefix, extend in (([0, 0], [17, 12]), ([0, 5], [17, 12])):
+        ctx = assert_matches_reference(prefix, extend, seed=4)
+        assert not any(g.is_causal and g.batch > 1 for g in ctx.metadata.groups)
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_random_mixed_batches(seed):
     gen = torch.Generator().manual_seed(100 + seed)

@@ -8,6 +8,7 @@ import torch
 from gguf import GGMLQuantizationType as Q
 from gguf.quants import dequantize, quantize
 
+from radixlm import native
 from radixlm.hugepages import pack_buffers
 from radixlm.models import quant
 from radixlm.models.quant import Int4Linear, Int8Linear, quantize_int4, quantize_int8, unpack_int4
@@ -53,7 +54,7 @@ def test_native_and_torch_int4_dequantize_agree(monkeypatch):
     assert ((fallback - native.float()).abs() <= native.float().abs() * 2**-7 + 1e-6).all()
 
 
-@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 9])
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 9, 16, 31, 32])
 @pytest.mark.parametrize(("n", "k", "group"), [(192, 96, 32), (64, 256, 64), (320, 64, 32)])
 def test_native_int4_mm_matches_the_exact_product(rows, n, k, group):
     native = quant.kernels()
@@ -71,6 +72,27 @@ def test_native_int4_mm_matches_the_exact_product(rows, n, k, group):
     # one bfloat16 rounding of each output, plus float32 summation error
     bound = exact.abs() * 2**-8 + 1e-5 * exact.abs().max()
     assert ((got.double() - exact).abs() <= bound).all()
+
+
+def test_native_int4_crossover_is_measured_once_per_build(monkeypatch, tmp_path):
+    """The crossover is one of the candidates (or 1), kept beside the kernel build and
+    read back by later calls; a damaged file is measured again."""
+    if quant.kernels() is None or not quant.kernels().int4_mm_supported():
+        pytest.skip("the native int4 kernel needs AVX512-BF16 and AVX512-VBMI")
+    monkeypatch.setenv("RADIXLM_CACHE_DIR", str(tmp_path))
+    rows = quant._measure_native_int4_rows()
+    assert rows in (1, *quant.NATIVE_INT4_CANDIDATE_ROWS)
+    calls = []
+
+    def measure() -> int:
+        calls.append(1)
+        return 7
+
+    assert native.remembered("crossover-test", measure) == 7
+    assert native.remembered("crossover-test", measure) == 7 and len(calls) == 1
+    (saved,) = tmp_path.glob("kernels/*/crossover-test.json")
+    saved.write_text("{not json")
+    assert native.remembered("crossover-test", measure) == 7 and len(calls) == 2
 
 
 def test_unpack_inverts_the_kernel_packing():

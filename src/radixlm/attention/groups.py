@@ -26,7 +26,7 @@ class AttentionGroup:
     kv_index:  [b * num_kv_heads * kv_len] rows of a layer's K (or V) viewed as
                [num_slots * num_kv_heads, head_dim]; sequence-major, then head, then token.
     mask:      [b, 1, q_len, kv_len] bool (True = attend), or None when no mask is needed.
-    is_causal: use SDPA's own causal mask instead (one sequence, no prefix).
+    is_causal: use SDPA's own causal mask instead (members of one length, no prefix).
     out_index: [n] rows of the padded output [b * q_len] that are real tokens,
     t_index:   [n] the flat-batch rows they go to; both None when the group is the
                whole batch in order without padding (the output is used as is).
@@ -102,7 +102,11 @@ def build_group(
     heads = torch.arange(num_kv_heads, **dev).view(1, num_kv_heads, 1)
     kv_index = (padded.unsqueeze(1) * num_kv_heads + heads).reshape(-1)
     seq_len = pre + ext
-    is_causal = not with_lse and b == 1 and prefix[members[0]] == 0 and q_len > 1
+    # Every member a whole new sequence of q_len tokens: no padding, q_len == kv_len, so
+    # SDPA's own (top-left) causal mask is exact, and its kernel skips the masked half.
+    is_causal = not with_lse and q_len > 1 and all(
+        prefix[i] == 0 and extend[i] == q_len for i in members
+    )
     mask = hidden = None
     uniform = all(prefix[i] + extend[i] == kv_len for i in members)
     if not is_causal and (q_len > 1 or not uniform):

@@ -25,19 +25,25 @@ Q8_0 rows requantized per channel, and K-quants, are close, not exact.
 from __future__ import annotations
 
 import functools
+import logging
+import time
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from radixlm.native import kernels
+from radixlm.native import kernels, remembered
+
+log = logging.getLogger(__name__)
 
 # Rows of x up to which the quantized kernel beats dequantize + dense matmul (the crossover
 # measured on a 2-core AVX-512 CPU for SmolLM2's projections, benchmarks/quantization.md).
 DIRECT_MAX_ROWS = 32
-# Rows of x up to which int4 layers call radixlm's own kernel (`native/int4_mm.cpp`, when
-# built) instead of torch's: faster at 1-2 rows, slower from 4 (benchmarks/bench_int4_mm.py).
-NATIVE_INT4_MAX_ROWS = 2
+# Row counts at which `native_int4_max_rows` times radixlm's int4 kernel against torch's.
+# Which is faster depends on the CPU (benchmarks/bench_int4_mm.py): on an Intel Xeon with
+# AMX torch's won from 4 rows, on an AMD EPYC (Zen 4) ours was 1.6x faster at 32.
+NATIVE_INT4_CANDIDATE_ROWS = (2, 4, 8, 16, 32)
 INT4_GROUP = 32
 INT4_BLOCK_ROWS = 64  # the int4 kernel packs output rows in blocks of this many
 
@@ -54,10 +60,51 @@ def _scratch(n: int, k: int) -> torch.Tensor:
 
 
 @functools.cache
-def _native_int4_mm() -> bool:
-    """Whether the native int4 kernel is built (and supported by this CPU)."""
+def native_int4_max_rows() -> int:
+    """Rows of x up to which int4 layers call radixlm's kernel (`native/int4_mm.cpp`)
+    instead of torch's: 0 where it is not built or not supported, else the largest of
+    NATIVE_INT4_CANDIDATE_ROWS at which it and every smaller candidate timed faster
+    (at least 1: one row is where it was written to win). Measured once per machine
+    (`native.remembered`), in about 0.1 s."""
     native = kernels()
-    return native is not None and native.int4_mm_supported()
+    if native is None or not native.int4_mm_supported():
+        return 0
+    return remembered("int4_mm_max_rows", _measure_native_int4_rows)
+
+
+def _measure_native_int4_rows() -> int:
+    """The crossover of `native_int4_max_rows`, on a 3072 x 576 weight (best of 7 calls)."""
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randint(0, 16, (3072, 576), generator=gen, dtype=torch.int32)
+    scale = torch.full((3072, 576 // INT4_GROUP), 0.01)
+    layer = Int4Linear(q, scale, torch.zeros_like(scale), None)
+    native = kernels()
+
+    def best(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> float:
+        fn(x)
+        times = []
+        for _ in range(7):
+            start = time.perf_counter()
+            fn(x)
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    def ours(x: torch.Tensor) -> torch.Tensor:
+        return native.int4_mm(x, layer.packed, layer.scales_zeros, INT4_GROUP)
+
+    def theirs(x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(
+            x, layer.packed, INT4_GROUP, layer.scales_zeros
+        )
+
+    rows = 1
+    for m in NATIVE_INT4_CANDIDATE_ROWS:
+        x = torch.randn(m, 576, generator=gen).to(torch.bfloat16)
+        if best(ours, x) >= best(theirs, x):
+            break
+        rows = m
+    log.info("int4 matmul: radixlm's kernel up to %d rows of x, torch's above", rows)
+    return rows
 
 
 def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -198,7 +245,7 @@ class Int4Linear(WeightOnlyLinear):
         return ((q - 8) * scale + zero).reshape(n, k).to(torch.bfloat16)
 
     def direct(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[0] <= NATIVE_INT4_MAX_ROWS and _native_int4_mm():
+        if x.shape[0] <= native_int4_max_rows():
             return kernels().int4_mm(x, self.packed, self.scales_zeros, self.group)
         return torch.ops.aten._weight_int4pack_mm_for_cpu(
             x, self.packed, self.group, self.scales_zeros

@@ -13,15 +13,20 @@ Functions of the module (see each .cpp file's header for shapes):
 - `int4_mm(x, packed, scales_zeros, group) -> y`: x [m, k] bfloat16 @ W.T for small m;
   `int4_mm_supported()` is False where the CPU lacks AVX512-BF16 or AVX512-VBMI
 - `rms_norm`, `add_rms_norm`, `rope_`, `silu_mul`: the decoder's fused elementwise ops
+
+`remembered(name, measure)` keeps a per-build measurement (a kernel crossover) beside
+the build, so it is measured once per machine.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import logging
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -47,22 +52,28 @@ def _build_dir(key: str) -> Path:
 
 
 @functools.cache
+def _key() -> str:
+    """The build's cache key: the sources, the torch version, the CPU and the flags."""
+    here = Path(__file__).parent
+    digest = hashlib.sha256()
+    for part in [*((here / name).read_bytes() for name in _SOURCES), torch.__version__.encode(),
+                 cpu_signature().encode(), " ".join(_FLAGS).encode()]:  # fmt: skip
+        digest.update(part)
+    return digest.hexdigest()[:16]
+
+
+@functools.cache
 def kernels() -> ModuleType | None:
     """The compiled kernel module, or None (logged once) when it cannot be built or is off."""
     if os.environ.get("RADIXLM_NATIVE", "1") == "0":
         return None
     here = Path(__file__).parent
-    sources = [here / name for name in _SOURCES]
-    digest = hashlib.sha256()
-    for part in [*(p.read_bytes() for p in sources), torch.__version__.encode(),
-                 cpu_signature().encode(), " ".join(_FLAGS).encode()]:  # fmt: skip
-        digest.update(part)
-    key = digest.hexdigest()[:16]
+    key = _key()
     try:
         from torch.utils.cpp_extension import load
 
         module = load(
-            name=f"radixlm_native_{key}", sources=[str(p) for p in sources],
+            name=f"radixlm_native_{key}", sources=[str(here / name) for name in _SOURCES],
             extra_cflags=_FLAGS, extra_ldflags=["-fopenmp"],
             build_directory=str(_build_dir(key)), verbose=False,
         )  # fmt: skip
@@ -70,3 +81,20 @@ def kernels() -> ModuleType | None:
         log.warning("native CPU kernels unavailable (%s); using the plain torch paths", e)
         return None
     return module
+
+
+def remembered(name: str, measure: Callable[[], int]) -> int:
+    """An integer that `measure()` finds once per kernel build (so per CPU, torch version
+    and kernel source), kept in the build's directory: later processes read it back, so
+    every process on one machine makes the same choice. Call only when `kernels()` is
+    not None."""
+    path = _build_dir(_key()) / f"{name}.json"
+    try:
+        return int(json.loads(path.read_text())["value"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    value = int(measure())
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"value": value}))
+    tmp.replace(path)  # atomic: a concurrent reader sees the whole file or none
+    return value

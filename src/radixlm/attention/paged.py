@@ -71,6 +71,11 @@ class PagedAttentionMetadata:
                 ([B + 1] indptr, [n] pool slots) of each sequence's own keys (all its slots,
                 or those after its shared run), read in place by `paged_decode`; then
                 `groups` is empty. None otherwise.
+    extend:     any other batch whose keys `paged_extend` reads in place (bfloat16 CPU pool
+                with the native kernel): `groups` and the shared runs are empty.
+    shared_runs: a decode batch's shared runs for `paged_extend` (without the causal mask):
+                ([n] flat rows of the members, [G + 1] their offsets per group, [G + 1] key
+                offsets, the runs' slots); then `shared_batches` is empty. None otherwise.
     """
 
     prefix_lens: tuple[int, ...]
@@ -86,6 +91,8 @@ class PagedAttentionMetadata:
     shared: tuple[SharedPrefix, ...] = ()
     shared_batches: tuple[SharedBatch, ...] = ()
     decode: tuple[torch.Tensor, torch.Tensor] | None = None
+    extend: bool = False
+    shared_runs: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     @property
     def seq_lens(self) -> tuple[int, ...]:
@@ -107,6 +114,7 @@ class PagedAttentionMetadata:
         check: bool = False,
         cascade: bool = True,
         native: bool = True,
+        native_extend: bool = False,
     ) -> PagedAttentionMetadata:
         """Validate the batch description and precompute every index tensor and mask.
 
@@ -115,7 +123,8 @@ class PagedAttentionMetadata:
         With `cascade`, attend runs of leading slots shared by several sequences
         once per group (see `attention.cascade`; detecting them reads the slot
         tensors: a device sync on CUDA). With `native`, a decode batch on the CPU
-        reads its keys in place with the compiled kernel when it is available.
+        reads its keys in place with the compiled kernel when it is available; with
+        `native_extend` (the caller checked the kernel fits the pool), so does any other batch.
         """
         prefix, extend = tuple(map(int, prefix_lens)), tuple(map(int, extend_lens))
         slots = [s.to(device=device, dtype=torch.int64).reshape(-1) for s in seq_slots]
@@ -134,17 +143,23 @@ class PagedAttentionMetadata:
         starts_list = [0]
         for e in extend:
             starts_list.append(starts_list[-1] + e)
-        found = find_shared_prefixes(slots, prefix) if cascade else []
         decode = None
-        if native and device.type == "cpu" and set(extend) == {1} and kernels() is not None:
+        is_decode = set(extend) == {1}
+        found = find_shared_prefixes(slots, prefix) if cascade and not (
+            native_extend and not is_decode
+        ) else []  # fmt: skip
+        groups: tuple[AttentionGroup, ...] = ()
+        if native and device.type == "cpu" and is_decode and kernels() is not None:
             own = split_shared(slots, prefix, found)[0]
             lens = torch.tensor([len(o) for o in own], **dev)
             decode = (F.pad(torch.cumsum(lens, 0), (1, 0)), torch.cat(own))
-            groups: tuple[AttentionGroup, ...] = ()
-        else:
+        elif not native_extend:
             groups = _plan(slots, prefix, extend, starts_list, found, num_kv_heads, device)
+        shared_runs = None
+        if decode is not None and native_extend and found:
+            shared_runs = _shared_runs(found, slots, starts_list, device)
         # shared runs of similar length share one padded call
-        batches = plan_shared_batches([g.shared_len for g in found])
+        batches = [] if shared_runs else plan_shared_batches([g.shared_len for g in found])
         shared_batches = tuple(
             build_shared_batch([found[j] for j in b], slots, starts_list, extend, num_kv_heads)
             for b in batches
@@ -163,7 +178,21 @@ class PagedAttentionMetadata:
             shared=tuple(found),
             shared_batches=shared_batches,
             decode=decode,
+            extend=native_extend and decode is None,
+            shared_runs=shared_runs,
         )
+
+
+def _shared_runs(
+    found: list[SharedPrefix], slots: list[torch.Tensor], starts: list[int], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`PagedAttentionMetadata.shared_runs` of a decode batch's shared groups."""
+    dev = dict(device=device, dtype=torch.int64)
+    rows = torch.tensor([starts[i] for g in found for i in g.members], **dev)
+    qo = F.pad(torch.cumsum(torch.tensor([len(g.members) for g in found], **dev), 0), (1, 0))
+    kv = F.pad(torch.cumsum(torch.tensor([g.shared_len for g in found], **dev), 0), (1, 0))
+    runs = torch.cat([slots[g.members[0]][: g.shared_len] for g in found])
+    return rows, qo, kv, runs
 
 
 def _plan(
@@ -220,6 +249,17 @@ def _validate(
             raise ValueError("seq_slots' new tokens disagree with out_cache_loc")
 
 
+def extend_kernel_fits(pool: KVPool) -> bool:
+    """Whether `paged_extend` can attend prefills over this pool: a bfloat16 pool on the
+    CPU, and the kernel built here for its head_dim."""
+    native = kernels() if pool.device.type == "cpu" else None
+    return (
+        native is not None
+        and pool.shape.dtype == torch.bfloat16
+        and native.paged_extend_supported(pool.shape.head_dim)
+    )
+
+
 class PagedContext(AttentionContext):
     """Attention for one forward whose K/V live at arbitrary slots of a `KVPool`.
 
@@ -244,6 +284,7 @@ class PagedContext(AttentionContext):
         self.metadata = PagedAttentionMetadata.build(
             seq_slots, prefix_lens, extend_lens, out_cache_loc,
             pool.shape.num_kv_heads, pool.device, check, cascade, native,
+            native and extend_kernel_fits(pool),
         )  # fmt: skip
         self.windows = WindowPlans(self.metadata)  # for window / soft-capped layers
 
@@ -277,10 +318,21 @@ class PagedContext(AttentionContext):
         if window is not None or softcap is not None:  # see attention.window
             groups = self.windows.groups(window)
             return attend_window_groups(groups, q, k_buf, v_buf, scale, softcap)
+        if meta.extend:  # keys read in place; [T, H, D]
+            return kernels().paged_extend(
+                q, k_buf, v_buf, meta.qo_indptr, meta.kv_indptr, meta.kv_indices, scale, True
+            )[0]
         d = k_buf.shape[-1]
         k_rows, v_rows = k_buf.view(-1, d), v_buf.view(-1, d)  # [slots * Hkv, D]
         if meta.decode is not None:  # keys read in place; [T, H, D] and [T, H] LSE
             out, lse = kernels().paged_decode(q, k_buf, v_buf, *meta.decode, scale)
+            if meta.shared_runs is not None:  # each group's queries over its run, in place
+                rows, qo, kv, runs = meta.shared_runs
+                o2, lse2 = kernels().paged_extend(
+                    q.index_select(0, rows), k_buf, v_buf, qo, kv, runs, scale, False
+                )
+                merge_partials(out, lse, rows, o2, lse2)
+                return out
             return self._merge_shared(out, lse, q, k_rows, v_rows, scale)
         if len(meta.groups) == 1 and meta.groups[0].out_index is None:
             return self._attend_group(meta.groups[0], q, k_rows, v_rows, scale)

@@ -9,6 +9,9 @@ fraction of a second. Concurrent first builds wait on one another.
 
 Functions of the module (see each .cpp file's header for shapes):
 - `paged_decode(q, k_cache, v_cache, kv_indptr, kv_indices, scale) -> [out, lse]`
+- `paged_extend(q, k_cache, v_cache, qo_indptr, kv_indptr, kv_indices, scale, causal)
+  -> [out, lse]`: new tokens over cached and new keys, bfloat16;
+  `paged_extend_supported(d)` says whether it was built (AVX512-BF16) for head_dim d
 - `int4_dequantize(packed, scales_zeros, out_t, group)`: W.T into `out_t` [k, n] bfloat16
 - `int4_mm(x, packed, scales_zeros, group) -> y`: x [m, k] bfloat16 @ W.T for small m;
   `int4_mm_supported()` is False where the CPU lacks AVX512-BF16 or AVX512-VBMI
@@ -36,7 +39,9 @@ from radixlm.cpu import cpu_signature
 
 log = logging.getLogger(__name__)
 
-_SOURCES = ("paged_decode.cpp", "int4_dequant.cpp", "int4_mm.cpp", "fused.cpp")
+_SOURCES = (
+    "paged_decode.cpp", "paged_extend.cpp", "int4_dequant.cpp", "int4_mm.cpp", "fused.cpp"
+)
 _FLAGS = ["-O3", "-march=native", "-fopenmp", "-ffast-math", "-fno-finite-math-only"]
 
 

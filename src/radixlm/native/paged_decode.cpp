@@ -347,6 +347,11 @@ void int4_dequantize(torch::Tensor packed, torch::Tensor scales_zeros, torch::Te
 torch::Tensor int4_mm(torch::Tensor x, torch::Tensor packed, torch::Tensor scales_zeros,
                       int64_t group);  // int4_mm.cpp
 bool int4_mm_supported();
+std::vector<torch::Tensor> paged_extend(torch::Tensor q, torch::Tensor k_cache,
+                                        torch::Tensor v_cache, torch::Tensor qo_indptr,
+                                        torch::Tensor kv_indptr, torch::Tensor kv_indices,
+                                        double scale, bool causal);  // paged_extend.cpp
+bool paged_extend_supported(int64_t d);
 
 // fused.cpp
 torch::Tensor rms_norm(torch::Tensor x, torch::Tensor w, double eps);
@@ -360,6 +365,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rope_", &rope_, "rotary embedding in place (CPU)");
   m.def("silu_mul", &silu_mul, "silu(gate) * up (CPU)");
   m.def("paged_decode", &paged_decode, "paged decode attention (CPU)");
+  m.def("paged_extend", &paged_extend, "paged prefill/extend attention, bfloat16 (CPU)");
+  m.def("paged_extend_supported", &paged_extend_supported, "whether paged_extend was built for d");
   m.def("int4_dequantize", &int4_dequantize, "int4 kernel-layout weight -> bfloat16 (CPU)");
   m.def("int4_mm", &int4_mm, "x @ W.T for an int4 kernel-layout weight, few rows of x (CPU)");
   m.def("int4_mm_supported", &int4_mm_supported, "whether int4_mm was built here");

@@ -168,9 +168,13 @@ void pv_all(const uint32_t* vp, const uint32_t* p, int64_t nq, float* o) {
 }
 
 // One softmax step for query i: scores s[KB] (keys t0 + lane), of which the first `vis`
-// are visible. Updates m, l and o (rescaled), writes the weights as bfloat16 pairs.
+// are visible. Updates m, l and o, writes the weights exp(s - m) as bfloat16 pairs.
 // Hidden lanes count as -inf for the maximum and get weight 0; their scores are finite
-// (zero-padded keys), so no lane computes inf - inf.
+// (zero-padded keys), so no lane computes inf - inf. The running maximum m moves only
+// when a score exceeds it by more than RESCALE_GAP (then l and o are rescaled): any m
+// gives the same softmax, and weights of at most e^RESCALE_GAP cannot overflow.
+constexpr float RESCALE_GAP = 8.f;
+
 inline void softmax_step(const float* s, int64_t vis, float& m, float& l, float* o, int64_t d,
                          uint32_t* p) {
   const auto keep = [](int64_t k) {
@@ -181,18 +185,19 @@ inline void softmax_step(const float* s, int64_t vis, float& m, float& l, float*
   const __m512 ninf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
   const __m512 top = _mm512_max_ps(_mm512_mask_blend_ps(k0, ninf, s0),
                                    _mm512_mask_blend_ps(k1, ninf, s1));
-  const float m_new = std::max(m, _mm512_reduce_max_ps(top));  // finite: key 0 is visible
-  const __m512 mv = _mm512_set1_ps(m_new);
-  const __m512 e0 = _mm512_maskz_mov_ps(k0, exp16(_mm512_sub_ps(s0, mv)));
-  const __m512 e1 = _mm512_maskz_mov_ps(k1, exp16(_mm512_sub_ps(s1, mv)));
-  const float corr = std::exp(m - m_new);  // 0 on the first step (m = -inf)
-  l = l * corr + _mm512_reduce_add_ps(_mm512_add_ps(e0, e1));
-  m = m_new;
-  if (corr != 1.f) {
+  const float block_max = _mm512_reduce_max_ps(top);  // -inf when every lane is hidden
+  if (block_max > m + RESCALE_GAP) {  // always on the first step (m = -inf): key 0 is visible
+    const float corr = std::exp(m - block_max);  // 0 on the first step
+    l *= corr;
     const __m512 cv = _mm512_set1_ps(corr);
     for (int64_t c = 0; c < d; c += 16)
       _mm512_storeu_ps(o + c, _mm512_mul_ps(_mm512_loadu_ps(o + c), cv));
+    m = block_max;
   }
+  const __m512 mv = _mm512_set1_ps(m);
+  const __m512 e0 = _mm512_maskz_mov_ps(k0, exp16(_mm512_sub_ps(s0, mv)));
+  const __m512 e1 = _mm512_maskz_mov_ps(k1, exp16(_mm512_sub_ps(s1, mv)));
+  l += _mm512_reduce_add_ps(_mm512_add_ps(e0, e1));
   _mm512_storeu_si512(p, (__m512i)_mm512_cvtne2ps_pbh(e1, e0));  // keys 0..15 low
 }
 

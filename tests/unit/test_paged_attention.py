@@ -12,7 +12,8 @@ import pytest
 import torch
 from helpers.reference import reference_attention
 
-from radixlm.attention.paged import PagedAttentionMetadata, PagedContext, plan_groups
+from radixlm.attention.groups import plan_groups
+from radixlm.attention.paged import PagedAttentionMetadata, PagedContext
 from radixlm.kvcache.pool import PAD_SLOT, KVPool, PoolShape
 
 D = 16

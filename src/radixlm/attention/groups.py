@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
+from radixlm.attention.cascade import SharedPrefix, split_shared
 from radixlm.kvcache.pool import PAD_SLOT
 
 # Grouping: a group's padded work (count * Qmax * Lmax) may exceed its real work
@@ -136,3 +137,33 @@ def build_group(
         with_lse=with_lse,
         hidden=hidden,
     )
+
+
+def plan_batch(
+    slots: list[torch.Tensor],
+    prefix: tuple[int, ...],
+    extend: tuple[int, ...],
+    starts: list[int],
+    found: list[SharedPrefix],
+    num_kv_heads: int,
+    device: torch.device,
+) -> tuple[AttentionGroup, ...]:
+    """The padded groups of a batch (the torch path of `PagedAttentionMetadata`).
+
+    `found`: the shared groups. A member of a group sharing C slots is padded
+    like a sequence with slots[C:] and prefix p - C, in groups of their own
+    that return the LSE.
+    """
+    own, own_prefix, plain, members_of_shared = split_shared(slots, prefix, found)
+    groups = []
+    for subset, with_lse in ((plain, False), (members_of_shared, True)):
+        plan = plan_groups([extend[i] for i in subset], [own_prefix[i] + extend[i] for i in subset])
+        # One plain group covering the batch in order without query padding needs no scatter.
+        whole = not found and len(plan) == 1 and len(set(extend)) == 1
+        for local in plan:
+            members = [subset[j] for j in local]
+            groups.append(
+                build_group(members, own, own_prefix, extend, starts, num_kv_heads, device,
+                             whole, with_lse)
+            )  # fmt: skip
+    return tuple(groups)

@@ -47,7 +47,7 @@ from radixlm.attention.cascade import (
     plan_shared_batches,
     split_shared,
 )
-from radixlm.attention.groups import AttentionGroup, build_group, plan_groups
+from radixlm.attention.groups import AttentionGroup, plan_batch
 from radixlm.attention.window import WindowPlans, attend_window_groups
 from radixlm.attention.workspace import workspace_for
 from radixlm.kvcache.pool import KVPool
@@ -154,7 +154,7 @@ class PagedAttentionMetadata:
             lens = torch.tensor([len(o) for o in own], **dev)
             decode = (F.pad(torch.cumsum(lens, 0), (1, 0)), torch.cat(own))
         elif not native_extend:
-            groups = _plan(slots, prefix, extend, starts_list, found, num_kv_heads, device)
+            groups = plan_batch(slots, prefix, extend, starts_list, found, num_kv_heads, device)
         shared_runs = None
         if decode is not None and native_extend and found:
             shared_runs = _shared_runs(found, slots, starts_list, device)
@@ -193,36 +193,6 @@ def _shared_runs(
     kv = F.pad(torch.cumsum(torch.tensor([g.shared_len for g in found], **dev), 0), (1, 0))
     runs = torch.cat([slots[g.members[0]][: g.shared_len] for g in found])
     return rows, qo, kv, runs
-
-
-def _plan(
-    slots: list[torch.Tensor],
-    prefix: tuple[int, ...],
-    extend: tuple[int, ...],
-    starts: list[int],
-    found: list[SharedPrefix],
-    num_kv_heads: int,
-    device: torch.device,
-) -> tuple[AttentionGroup, ...]:
-    """The padded groups of a batch.
-
-    `found`: the shared groups. A member of a group sharing C slots is padded
-    like a sequence with slots[C:] and prefix p - C, in groups of their own
-    that return the LSE.
-    """
-    own, own_prefix, plain, members_of_shared = split_shared(slots, prefix, found)
-    groups = []
-    for subset, with_lse in ((plain, False), (members_of_shared, True)):
-        plan = plan_groups([extend[i] for i in subset], [own_prefix[i] + extend[i] for i in subset])
-        # One plain group covering the batch in order without query padding needs no scatter.
-        whole = not found and len(plan) == 1 and len(set(extend)) == 1
-        for local in plan:
-            members = [subset[j] for j in local]
-            groups.append(
-                build_group(members, own, own_prefix, extend, starts, num_kv_heads, device,
-                             whole, with_lse)
-            )  # fmt: skip
-    return tuple(groups)
 
 
 def _validate(

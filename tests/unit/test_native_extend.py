@@ -53,8 +53,10 @@ def make_batch(seqs, heads, kv_heads, dim, seed, slots=6000):
     return q, k_cache, v_cache, qo, kv, indices
 
 
+# (64, 1, 64): more query heads per kv head than one item holds
 @pytest.mark.parametrize(("heads", "kv_heads", "dim"), [(9, 3, 64), (4, 4, 64), (8, 2, 128),
-                                                        (32, 2, 64), (4, 1, 128)])  # fmt: skip
+                                                        (32, 2, 64), (4, 1, 128),
+                                                        (64, 1, 64)])  # fmt: skip
 @pytest.mark.parametrize(
     "seqs",
     [

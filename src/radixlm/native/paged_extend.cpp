@@ -13,9 +13,10 @@
 //   V pairs of keys,     [D dimensions] 32-bit lanes (V[2u][c] low, V[2u+1][c] high),
 // zero-padded to a multiple of KB keys, so that one vdpbf16ps adds one dimension pair
 // of 16 keys for one query (QK) or two keys' weighted values in 16 dimensions (PV).
-// Attend: an item is (sequence, kv head, block of BQ query rows); its BQ x G queries
-// (G = H / Hkv heads share the kv head) walk the visible keys KB at a time with the
-// online softmax in float32. Products of bfloat16 are exact in float32; the weights P
+// Attend: an item is (sequence, kv head, block of query rows); its rows times the G =
+// H / Hkv query heads of the kv head (at most MAX_QUERIES; more heads take several items)
+// walk the visible keys KB at a time with the online softmax in float32 (the running
+// maximum moves only by more than RESCALE_GAP). Products of bfloat16 are exact in float32; the weights P
 // are rounded to bfloat16 (relative 2^-9) for PV, as a bfloat16 flash kernel does.
 // Items are taken from a shared counter, longest first, so the causal mask's uneven
 // items do not leave a thread idle.
@@ -53,7 +54,7 @@ bool paged_extend_supported(int64_t d) {
 namespace {
 
 constexpr int64_t KB = 32;         // keys per softmax step (two K blocks of 16)
-constexpr int64_t MAX_QUERIES = 48;  // queries per item (BQ rows x G heads)
+constexpr int64_t MAX_QUERIES = 48;  // queries per item (rows x query heads of one kv head)
 constexpr int QN = 8;              // queries per QK register block
 constexpr int QV = 4;              // queries per PV register block
 
@@ -201,8 +202,9 @@ inline void softmax_step(const float* s, int64_t vis, float& m, float& l, float*
   _mm512_storeu_si512(p, (__m512i)_mm512_cvtne2ps_pbh(e1, e0));  // keys 0..15 low
 }
 
+// Rows [row0, row0 + rows) of a sequence for query heads kh * g + [h0, h0 + gh).
 struct Item {
-  int64_t seq, kh, row0, rows;
+  int64_t seq, kh, row0, rows, h0, gh;
 };
 
 template <int NP>
@@ -210,14 +212,14 @@ void attend_item(const Item& it, const uint16_t* q, const uint32_t* kt, const ui
                  int64_t q_start, int64_t offset, int64_t n_keys, bool causal, int64_t h,
                  int64_t g, float scale, uint16_t* out, float* lse) {
   constexpr int64_t d = 2 * NP;
-  const int64_t nq = it.rows * g;  // query i: row i / g, head kh * g + i % g
+  const int64_t gh = it.gh, nq = it.rows * gh;  // query i: row i / gh, head i % gh
   alignas(64) uint16_t ql[MAX_QUERIES * d];
   alignas(64) float s[MAX_QUERIES * KB];
   alignas(64) uint32_t pw[MAX_QUERIES * KB / 2];
   alignas(64) float o[MAX_QUERIES * d];
   float m[MAX_QUERIES], l[MAX_QUERIES];
   for (int64_t i = 0; i < nq; ++i) {
-    const int64_t row = q_start + it.row0 + i / g, head = it.kh * g + i % g;
+    const int64_t row = q_start + it.row0 + i / gh, head = it.kh * g + it.h0 + i % gh;
     std::memcpy(ql + i * d, q + (row * h + head) * d, d * 2);
     m[i] = -std::numeric_limits<float>::infinity();
     l[i] = 0.f;
@@ -229,12 +231,12 @@ void attend_item(const Item& it, const uint16_t* q, const uint32_t* kt, const ui
   for (int64_t t0 = 0; t0 < last_vis; t0 += KB) {
     qk_all<NP>(kt + t0 * NP, ql, nq, scale, s);
     for (int64_t i = 0; i < nq; ++i)
-      softmax_step(s + i * KB, first_vis + (causal ? i / g : 0) - t0, m[i], l[i], o + i * d, d,
+      softmax_step(s + i * KB, first_vis + (causal ? i / gh : 0) - t0, m[i], l[i], o + i * d, d,
                    pw + i * (KB / 2));
     pv_all<NP>(vp + (t0 / 2) * d, pw, nq, o);
   }
   for (int64_t i = 0; i < nq; ++i) {
-    const int64_t row = q_start + it.row0 + i / g, head = it.kh * g + i % g;
+    const int64_t row = q_start + it.row0 + i / gh, head = it.kh * g + it.h0 + i % gh;
     const __m512 inv = _mm512_set1_ps(1.f / l[i]);
     uint16_t* dst = out + (row * h + head) * d;
     for (int64_t c = 0; c < d; c += 16) {
@@ -251,7 +253,8 @@ void run(const torch::Tensor& q, const torch::Tensor& k_cache, const torch::Tens
          bool causal, torch::Tensor& out, torch::Tensor& lse) {
   constexpr int64_t d = 2 * NP;
   const int64_t h = q.size(1), hkv = k_cache.size(1), g = h / hkv;
-  const int64_t bq = std::max<int64_t>(1, MAX_QUERIES / g);
+  // an item holds up to MAX_QUERIES queries: bq rows of gh heads (more heads: several items)
+  const int64_t gh = std::min(g, MAX_QUERIES), bq = MAX_QUERIES / gh;
   Layout lay{std::vector<int64_t>(b + 1, 0), hkv, d};
   for (int64_t s = 0; s < b; ++s)
     lay.padded_start[s + 1] = lay.padded_start[s] + (kvp[s + 1] - kvp[s] + KB - 1) / KB * KB;
@@ -281,7 +284,8 @@ void run(const torch::Tensor& q, const torch::Tensor& k_cache, const torch::Tens
   for (int64_t s = 0; s < b; ++s)
     for (int64_t r = 0; r < qo[s + 1] - qo[s]; r += bq)
       for (int64_t kh = 0; kh < hkv; ++kh)
-        items.push_back({s, kh, r, std::min(bq, qo[s + 1] - qo[s] - r)});
+        for (int64_t h0 = 0; h0 < g; h0 += gh)
+          items.push_back({s, kh, r, std::min(bq, qo[s + 1] - qo[s] - r), h0, std::min(gh, g - h0)});
   const auto keys_seen = [&](const Item& it) {  // the item's work, for the order
     const int64_t n = kvp[it.seq + 1] - kvp[it.seq];
     return causal ? n - (qo[it.seq + 1] - qo[it.seq]) + it.row0 + it.rows : n;
@@ -319,7 +323,6 @@ std::vector<torch::Tensor> paged_extend(torch::Tensor q, torch::Tensor k_cache,
   TORCH_CHECK(paged_extend_supported(q.size(2)) && q.size(2) == k_cache.size(2),
               "paged_extend is not built for this head_dim");
   TORCH_CHECK(q.size(1) % k_cache.size(1) == 0, "query heads must be a multiple of kv heads");
-  TORCH_CHECK(q.size(1) / k_cache.size(1) <= MAX_QUERIES, "too many query heads per kv head");
   TORCH_CHECK(qo_indptr.scalar_type() == torch::kInt64 && kv_indptr.scalar_type() == torch::kInt64 &&
                   kv_indices.scalar_type() == torch::kInt64,
               "indices must be int64");

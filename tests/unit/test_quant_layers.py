@@ -74,6 +74,26 @@ def test_native_int4_mm_matches_the_exact_product(rows, n, k, group):
     assert ((got.double() - exact).abs() <= bound).all()
 
 
+@pytest.mark.parametrize("rows", [1, 2, 3, 5, 8])
+@pytest.mark.parametrize(("n", "k"), [(100, 576), (64, 16), (1000, 48)])
+def test_native_int8_mm_matches_the_exact_product(rows, n, k):
+    native = quant.kernels()
+    if native is None or not native.int8_mm_supported():
+        pytest.skip("the native int8 kernel needs AVX-512")
+    gen = torch.Generator().manual_seed(rows * n + k)
+    layer = Int8Linear(*quantize_int8(torch.randn(n, k, generator=gen)), None)
+    x = torch.randn(rows, k, generator=gen).bfloat16()
+    exact = (x.double() @ layer.qweight.double().t()) * layer.scale.double()
+    got = native.int8_mm(x, layer.qweight, layer.scale)
+    assert got.shape == (rows, n) and got.dtype == torch.bfloat16
+    # one bfloat16 rounding of each output, plus float32 summation error
+    bound = exact.abs() * 2**-8 + 1e-5 * exact.abs().max()
+    assert ((got.double() - exact).abs() <= bound).all()
+    # and what the layer returns agrees with torch's kernel within those roundings
+    torch_y = torch.ops.aten._weight_int8pack_mm(x, layer.qweight, layer.scale).double()
+    assert ((layer.direct(x).double() - torch_y).abs() <= 2 * bound).all()
+
+
 def test_native_int4_crossover_is_measured_once_per_build(monkeypatch, tmp_path):
     """The crossover is one of the candidates (or 1), kept beside the kernel build and
     read back by later calls; a damaged file is measured again."""
@@ -82,6 +102,8 @@ def test_native_int4_crossover_is_measured_once_per_build(monkeypatch, tmp_path)
     monkeypatch.setenv("RADIXLM_CACHE_DIR", str(tmp_path))
     rows = quant._measure_native_int4_rows()
     assert rows in (1, *quant.NATIVE_INT4_CANDIDATE_ROWS)
+    if quant.kernels().int8_mm_supported():
+        assert quant._measure_native_int8_rows() in (0, *quant.NATIVE_INT8_CANDIDATE_ROWS)
     calls = []
 
     def measure() -> int:

@@ -44,6 +44,8 @@ DIRECT_MAX_ROWS = 32
 # Which is faster depends on the CPU (benchmarks/bench_int4_mm.py): on an Intel Xeon with
 # AMX torch's won from 4 rows, on an AMD EPYC (Zen 4) ours was 1.6x faster at 32.
 NATIVE_INT4_CANDIDATE_ROWS = (2, 4, 8, 16, 32)
+# The same for the int8 output head (`native_int8_max_rows`; int8_mm takes at most 8 rows).
+NATIVE_INT8_CANDIDATE_ROWS = (1, 2, 4, 8)
 INT4_GROUP = 32
 INT4_BLOCK_ROWS = 64  # the int4 kernel packs output rows in blocks of this many
 
@@ -73,12 +75,62 @@ def native_int4_max_rows() -> int:
 
 
 def _measure_native_int4_rows() -> int:
-    """The crossover of `native_int4_max_rows`, on a 3072 x 576 weight (best of 7 calls)."""
+    """The crossover of `native_int4_max_rows`, on a 3072 x 576 weight."""
     gen = torch.Generator().manual_seed(0)
     q = torch.randint(0, 16, (3072, 576), generator=gen, dtype=torch.int32)
     scale = torch.full((3072, 576 // INT4_GROUP), 0.01)
     layer = Int4Linear(q, scale, torch.zeros_like(scale), None)
     native = kernels()
+
+    def ours(x: torch.Tensor) -> torch.Tensor:
+        return native.int4_mm(x, layer.packed, layer.scales_zeros, INT4_GROUP)
+
+    def theirs(x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(
+            x, layer.packed, INT4_GROUP, layer.scales_zeros
+        )
+
+    rows = max(1, _crossover(ours, theirs, NATIVE_INT4_CANDIDATE_ROWS, 576, gen))
+    log.info("int4 matmul: radixlm's kernel up to %d rows of x, torch's above", rows)
+    return rows
+
+
+@functools.cache
+def native_int8_max_rows() -> int:
+    """Rows of x up to which int8 layers (the output head) call radixlm's kernel
+    (`native/int8_mm.cpp`) instead of torch's: the largest of NATIVE_INT8_CANDIDATE_ROWS
+    at which it and every smaller candidate timed faster, 0 where none did or it is not
+    built. Measured once per machine (`native.remembered`)."""
+    native = kernels()
+    if native is None or not native.int8_mm_supported():
+        return 0
+    return remembered("int8_mm_max_rows", _measure_native_int8_rows)
+
+
+def _measure_native_int8_rows() -> int:
+    """The crossover of `native_int8_max_rows`, on an 8192 x 576 weight."""
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randint(-127, 128, (8192, 576), generator=gen, dtype=torch.int8)
+    scale = torch.full((8192,), 0.01, dtype=torch.bfloat16)
+    native = kernels()
+    rows = _crossover(
+        lambda x: native.int8_mm(x, q, scale),
+        lambda x: torch.ops.aten._weight_int8pack_mm(x, q, scale),
+        NATIVE_INT8_CANDIDATE_ROWS, 576, gen,
+    )  # fmt: skip
+    log.info("int8 matmul: radixlm's kernel up to %d rows of x, torch's above", rows)
+    return rows
+
+
+def _crossover(
+    ours: Callable[[torch.Tensor], torch.Tensor],
+    theirs: Callable[[torch.Tensor], torch.Tensor],
+    candidates: tuple[int, ...],
+    k: int,
+    gen: torch.Generator,
+) -> int:
+    """The largest of `candidates` (ascending) at which `ours` and every smaller candidate
+    took less time than `theirs` on x [rows, k] bfloat16 (best of 7 calls each), or 0."""
 
     def best(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> float:
         fn(x)
@@ -89,21 +141,12 @@ def _measure_native_int4_rows() -> int:
             times.append(time.perf_counter() - start)
         return min(times)
 
-    def ours(x: torch.Tensor) -> torch.Tensor:
-        return native.int4_mm(x, layer.packed, layer.scales_zeros, INT4_GROUP)
-
-    def theirs(x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.aten._weight_int4pack_mm_for_cpu(
-            x, layer.packed, INT4_GROUP, layer.scales_zeros
-        )
-
-    rows = 1
-    for m in NATIVE_INT4_CANDIDATE_ROWS:
-        x = torch.randn(m, 576, generator=gen).to(torch.bfloat16)
+    rows = 0
+    for m in candidates:
+        x = torch.randn(m, k, generator=gen).to(torch.bfloat16)
         if best(ours, x) >= best(theirs, x):
             break
         rows = m
-    log.info("int4 matmul: radixlm's kernel up to %d rows of x, torch's above", rows)
     return rows
 
 
@@ -207,6 +250,8 @@ class Int8Linear(WeightOnlyLinear):
         return self.qweight[idx].float() * self.scale[idx, None].float()
 
     def direct(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] <= native_int8_max_rows() and self.in_features % 16 == 0:
+            return kernels().int8_mm(x, self.qweight, self.scale)
         return torch.ops.aten._weight_int8pack_mm(x, self.qweight, self.scale)
 
 

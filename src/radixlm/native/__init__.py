@@ -15,6 +15,8 @@ Functions of the module (see each .cpp file's header for shapes):
 - `int4_dequantize(packed, scales_zeros, out_t, group)`: W.T into `out_t` [k, n] bfloat16
 - `int4_mm(x, packed, scales_zeros, group) -> y`: x [m, k] bfloat16 @ W.T for small m;
   `int4_mm_supported()` is False where the CPU lacks AVX512-BF16 or AVX512-VBMI
+- `int8_mm(x, q, scale) -> y`: x [m, k] bfloat16 @ (q * scale).T for an int8 [n, k] weight
+  and 1 to 8 rows (the output head at decode); `int8_mm_supported()` (AVX-512)
 - `rms_norm`, `add_rms_norm`, `rope_`, `silu_mul`: the decoder's fused elementwise ops
 
 `remembered(name, measure)` keeps a per-build measurement (a kernel crossover) beside
@@ -40,7 +42,8 @@ from radixlm.cpu import cpu_signature
 log = logging.getLogger(__name__)
 
 _SOURCES = (
-    "paged_decode.cpp", "paged_extend.cpp", "int4_dequant.cpp", "int4_mm.cpp", "fused.cpp"
+    "paged_decode.cpp", "paged_extend.cpp", "int4_dequant.cpp", "int4_mm.cpp", "int8_mm.cpp",
+    "fused.cpp",
 )
 _FLAGS = ["-O3", "-march=native", "-fopenmp", "-ffast-math", "-fno-finite-math-only"]
 

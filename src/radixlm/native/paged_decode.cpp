@@ -352,6 +352,8 @@ std::vector<torch::Tensor> paged_extend(torch::Tensor q, torch::Tensor k_cache,
                                         torch::Tensor kv_indptr, torch::Tensor kv_indices,
                                         double scale, bool causal);  // paged_extend.cpp
 bool paged_extend_supported(int64_t d);
+torch::Tensor int8_mm(torch::Tensor x, torch::Tensor q, torch::Tensor scale);  // int8_mm.cpp
+bool int8_mm_supported();
 
 // fused.cpp
 torch::Tensor rms_norm(torch::Tensor x, torch::Tensor w, double eps);
@@ -369,5 +371,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("paged_extend_supported", &paged_extend_supported, "whether paged_extend was built for d");
   m.def("int4_dequantize", &int4_dequantize, "int4 kernel-layout weight -> bfloat16 (CPU)");
   m.def("int4_mm", &int4_mm, "x @ W.T for an int4 kernel-layout weight, few rows of x (CPU)");
+  m.def("int8_mm", &int8_mm, "x @ (q * scale).T for an int8 [N, K] weight, 1 to 8 rows (CPU)");
+  m.def("int8_mm_supported", &int8_mm_supported, "whether int8_mm was built here");
   m.def("int4_mm_supported", &int4_mm_supported, "whether int4_mm was built here");
 }

@@ -45,6 +45,7 @@ _SOURCES = (
     "paged_decode.cpp", "paged_extend.cpp", "int4_dequant.cpp", "int4_mm.cpp", "int8_mm.cpp",
     "fused.cpp",
 )
+_HEADERS = ("vec.h",)  # included by the sources: part of the build key
 _FLAGS = ["-O3", "-march=native", "-fopenmp", "-ffast-math", "-fno-finite-math-only"]
 
 
@@ -61,10 +62,12 @@ def _build_dir(key: str) -> Path:
 
 @functools.cache
 def _key() -> str:
-    """The build's cache key: the sources, the torch version, the CPU and the flags."""
+    """The build's cache key: the sources and headers, the torch version, the CPU and the
+    flags."""
     here = Path(__file__).parent
     digest = hashlib.sha256()
-    for part in [*((here / name).read_bytes() for name in _SOURCES), torch.__version__.encode(),
+    files = (*_SOURCES, *_HEADERS)
+    for part in [*((here / name).read_bytes() for name in files), torch.__version__.encode(),
                  cpu_signature().encode(), " ".join(_FLAGS).encode()]:  # fmt: skip
         digest.update(part)
     return digest.hexdigest()[:16]

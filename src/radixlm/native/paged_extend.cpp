@@ -32,6 +32,7 @@
 #include <immintrin.h>
 #define RADIXLM_EXTEND_BF16 1
 #endif
+#include "vec.h"
 
 #include <algorithm>
 #include <atomic>
@@ -58,21 +59,6 @@ constexpr int64_t MAX_QUERIES = 48;  // queries per item (rows x query heads of 
 constexpr int QN = 8;              // queries per QK register block
 constexpr int QV = 4;              // queries per PV register block
 
-// exp(x) for 16 lanes (as in paged_decode.cpp): 2^n e^f, degree-6 polynomial, scalef.
-inline __m512 exp16(__m512 x) {
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504089f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 f = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
-  f = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187e-06f), f);
-  __m512 p = _mm512_set1_ps(1.f / 720);
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.f / 120));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.f / 24));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.f / 6));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.5f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.f));
-  return _mm512_scalef_ps(p, n);
-}
 
 // Where one (sequence, kv head)'s packed keys start, in 32-bit words: keys are padded to
 // a multiple of KB, and K and V each take D / 2 words per key.

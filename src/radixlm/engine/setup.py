@@ -15,6 +15,7 @@ from radixlm.kvcache.prefix_cache import PrefixCache
 from radixlm.kvcache.radix_cache import RadixCache
 from radixlm.kvcache.tiers import attach_disk_tier
 from radixlm.loader import LoadedModel, load_model
+from radixlm.models.quant import native_int4_max_rows, native_int8_max_rows
 from radixlm.native import kernels
 from radixlm.scheduler.constraints import Constraints
 from radixlm.scheduler.finisher import Finisher
@@ -40,6 +41,7 @@ def build_runtime(
     loaded = loaded or load_model(config.load, tp=start_tp(config))  # tp: ranks started
     if loaded.device.type == "cpu":
         kernels()  # build (or load) the native kernels now, not in the first decode step
+        native_int4_max_rows(), native_int8_max_rows()  # their crossovers (measured once)
     if tokenizer is None and not config.skip_tokenizer_init:
         tok_path = config.load.tokenizer or loaded.path
         tokenizer = load_tokenizer(tok_path, extra_eos_token_ids=loaded.config.eos_token_ids)

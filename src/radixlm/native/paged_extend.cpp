@@ -39,7 +39,6 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
-#include <numeric>
 #include <vector>
 
 bool paged_extend_supported(int64_t d) {
@@ -58,7 +57,6 @@ constexpr int64_t KB = 32;         // keys per softmax step (two K blocks of 16)
 constexpr int64_t MAX_QUERIES = 48;  // queries per item (rows x query heads of one kv head)
 constexpr int QN = 8;              // queries per QK register block
 constexpr int QV = 4;              // queries per PV register block
-
 
 // Where one (sequence, kv head)'s packed keys start, in 32-bit words: keys are padded to
 // a multiple of KB, and K and V each take D / 2 words per key.

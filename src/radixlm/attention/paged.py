@@ -143,17 +143,16 @@ class PagedAttentionMetadata:
         starts_list = [0]
         for e in extend:
             starts_list.append(starts_list[-1] + e)
-        decode = None
         is_decode = set(extend) == {1}
-        found = find_shared_prefixes(slots, prefix) if cascade and not (
-            native_extend and not is_decode
-        ) else []  # fmt: skip
+        in_place = native_extend and not is_decode  # paged_extend reads every key in place
+        found = find_shared_prefixes(slots, prefix) if cascade and not in_place else []
+        decode = None
         groups: tuple[AttentionGroup, ...] = ()
         if native and device.type == "cpu" and is_decode and kernels() is not None:
             own = split_shared(slots, prefix, found)[0]
             lens = torch.tensor([len(o) for o in own], **dev)
             decode = (F.pad(torch.cumsum(lens, 0), (1, 0)), torch.cat(own))
-        elif not native_extend:
+        elif not in_place:
             groups = plan_batch(slots, prefix, extend, starts_list, found, num_kv_heads, device)
         shared_runs = None
         if decode is not None and native_extend and found:
@@ -178,7 +177,7 @@ class PagedAttentionMetadata:
             shared=tuple(found),
             shared_batches=shared_batches,
             decode=decode,
-            extend=native_extend and decode is None,
+            extend=in_place,
             shared_runs=shared_runs,
         )
 

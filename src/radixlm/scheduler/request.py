@@ -190,7 +190,7 @@ class Req:
     def set_slots(self, pieces: list[torch.Tensor] | None) -> None:
         """Replace the KV slots by the concatenation of `pieces` (None: no KV state)."""
         self._kv_pieces = pieces
-        self._kv_len = 0 if pieces is None else sum(p.shape[0] for p in pieces)
+        self._kv_len = 0 if pieces is None else sum([p.shape[0] for p in pieces])
 
     def append_slots(self, slots: torch.Tensor) -> None:
         """Append the slots ([n] int64) of the next n tokens' K/V (no copy is made now)."""

@@ -216,7 +216,8 @@ class Replay:
 
     def _step(self) -> None:
         if self.waiting or self.chunked:
-            ordered = self.policy.order(self.waiting)
+            alone = len(self.waiting) < 2 and self.chunked is None  # as Scheduler.step
+            ordered = list(self.waiting) if alone else self.policy.order(self.waiting)
             batch = self.adder.build(ordered, self.running, self.chunked, self.ratio)
             if batch:
                 self._prefill(batch)

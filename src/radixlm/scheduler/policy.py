@@ -34,8 +34,6 @@ class SchedulePolicy:
 
     def order(self, waiting: list[Req]) -> list[Req]:
         """Return the waiting requests in the order admission should try them."""
-        if len(waiting) < 2:
-            return list(waiting)  # every policy keeps one request (and admission matches it)
         name = self.name
         if name in ("lpm", "dfs-weight") and (
             len(waiting) > self.fallback_len or self.root is None

@@ -170,7 +170,7 @@ class Replay:
         integrity check's `torch.unique` of 65,536 slots take 180 ms instead of 2.5 ms.
         It runs in inference mode, as the pool was made: the slot tensors then carry no
         autograd or version-counter state, and each of the many small tensor ops (slice,
-        clone, cat) costs 0.6-1.3 us less; the replay runs 12-15% faster.
+        clone, cat) costs 0.6-1.3 us less (benchmarks/replay.md).
         """
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
@@ -216,8 +216,7 @@ class Replay:
 
     def _step(self) -> None:
         if self.waiting or self.chunked:
-            alone = len(self.waiting) < 2 and self.chunked is None  # as Scheduler.step
-            ordered = list(self.waiting) if alone else self.policy.order(self.waiting)
+            ordered = self.policy.order(self.waiting, chunk_first=self.chunked is not None)
             batch = self.adder.build(ordered, self.running, self.chunked, self.ratio)
             if batch:
                 self._prefill(batch)

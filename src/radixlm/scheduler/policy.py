@@ -32,8 +32,15 @@ class SchedulePolicy:
         self.fallback_len = fcfs_fallback_queue_len
         self.rng = random.Random(seed)
 
-    def order(self, waiting: list[Req]) -> list[Req]:
-        """Return the waiting requests in the order admission should try them."""
+    def order(self, waiting: list[Req], chunk_first: bool = False) -> list[Req]:
+        """Return the waiting requests in the order admission should try them.
+
+        `chunk_first`: a chunked prefill extends before admission. A lone request
+        is returned as it is (admission matches it anyway) unless a chunk goes first:
+        the chunk's allocation may evict, and the match here refreshes its path before.
+        """
+        if len(waiting) < 2 and not chunk_first:
+            return list(waiting)
         name = self.name
         if name in ("lpm", "dfs-weight") and (
             len(waiting) > self.fallback_len or self.root is None

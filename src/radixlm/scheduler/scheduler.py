@@ -126,10 +126,7 @@ class Scheduler:
         outputs, self._pending = self._pending, []
         ready = self._ready_waiting(outputs)
         if ready or self.chunked:
-            # A lone request needs no ordering, and admission matches it anyway; with a
-            # chunk to extend first (which may evict), the policy's match touches it first.
-            alone = len(ready) < 2 and self.chunked is None
-            ordered = ready if alone else self.policy.order(ready)
+            ordered = self.policy.order(ready, chunk_first=self.chunked is not None)
             batch = self.adder.build(ordered, self.running, self.chunked, self.new_token_ratio)
             if batch:
                 self._guarded(batch.reqs, outputs, self._run_prefill, batch, outputs)

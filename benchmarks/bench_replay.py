@@ -64,11 +64,12 @@ def main() -> None:
         t_write = time.perf_counter() - t
         t = time.perf_counter()
         trace = read_trace(d)
+        reqs = to_requests(trace.records)
         t_read = time.perf_counter() - t
-    reqs = to_requests(trace.records)
     tokens = sum(len(r.key) for r in reqs) / len(reqs)
     print(f"{len(reqs)} requests, {tokens:.0f} prompt tokens each on average; "
-          f"written in {t_write:.1f} s, read in {t_read:.1f} s ({len(reqs) / t_read:.0f} req/s)")
+          f"written in {t_write:.1f} s, read into replay requests in {t_read:.1f} s "
+          f"({len(reqs) / t_read:.0f} req/s)")
     print(f"{'policy':>8} {'pool tokens':>12} {'hit rate':>9} {'replay s':>9} {'req/s':>8} "
           f"{'req/cpu-s':>10}")
     for policy in ("lpm", "fcfs"):

@@ -16,7 +16,7 @@ from radixlm.doctor.order import analyze_order, canonical
 from radixlm.doctor.replay import Replay
 from radixlm.doctor.report import diagnose
 from radixlm.doctor.spans import Prompt
-from radixlm.doctor.units import ReplayRequest
+from radixlm.doctor.units import IdTable, ReplayRequest
 from radixlm.kvcache.radix_cache import common_prefix_len
 from radixlm.trace.reader import Trace
 from radixlm.trace.record import TraceRecord, page_hashes
@@ -162,3 +162,17 @@ def _naive_reuse(reqs: list[ReplayRequest]) -> list[tuple[int, int]]:
 def test_reuse_distances_match_a_per_token_trie():
     reqs = sorted(_workload(200, seed=7), key=lambda r: (r.step, r.index))
     assert reuse_distances(reqs).distances == _naive_reuse(reqs)
+
+
+def test_id_table_shares_one_object_per_value_and_keeps_every_list_equal():
+    table = IdTable(size=8)  # every id below is outside it at first: the table grows
+    a = [int(s) for s in "1000 1001 70000 -3000 1001".split()]  # parsed: new int objects
+    b = [int(s) for s in "1001 70000 -3000".split()]
+    assert a[1] is not b[0]
+    sa, sb = table.shared(a), table.shared(b)
+    assert sa == a and sb == b
+    assert sa[1] is sb[0] and sa[2] is sb[1] and sa[3] is sb[2]  # one object per value
+    assert sa[1] is sa[4]
+    huge = [1 << 40, 2]  # beyond what the table grows to: the list is kept as it is
+    assert table.shared(huge) is huge
+    assert table.shared([9]) == [9] and table.shared([]) == []

@@ -56,7 +56,7 @@ class ChunkCache(PrefixCache):
         """No prefix: empty slot indices and the dummy root node (safe to lock and unlock)."""
         if record:
             self.tokens_queried += len(key)
-        return MatchResult(slot_indices=self._empty, last_node=self.root)
+        return MatchResult((self._empty,), self.root, 0)
 
     def insert(
         self, key: TokenKey, slot_indices: torch.Tensor, extra_key: Hashable | None = None

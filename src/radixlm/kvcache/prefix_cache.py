@@ -93,18 +93,21 @@ class TreeNode:
 class MatchResult:
     """The longest cached prefix of a key.
 
-    `slot_indices` ([prefix_len] int64, on the pool device) hold the K/V of the
-    key's first `prefix_len` tokens. They are valid only while `last_node`
-    is locked (`inc_lock_ref`): an unlocked node may be evicted and its slots
-    reused by the next allocation.
+    `pieces` (int64 tensors on the pool device, at least one: one per node on
+    the path, in order) hold the slots of the K/V of the key's first `prefix_len` tokens;
+    `slot_indices` ([prefix_len]) is them joined. They are valid only while
+    `last_node` is locked (`inc_lock_ref`): an unlocked node may be evicted and
+    its slots reused by the next allocation.
     """
 
-    slot_indices: torch.Tensor
+    pieces: tuple[torch.Tensor, ...]
     last_node: TreeNode
+    prefix_len: int
 
     @property
-    def prefix_len(self) -> int:
-        return int(self.slot_indices.numel())
+    def slot_indices(self) -> torch.Tensor:
+        """The matched slots joined ([prefix_len] int64); a copy unless one piece."""
+        return self.pieces[0] if len(self.pieces) == 1 else torch.cat(self.pieces)
 
 
 class Insertion(NamedTuple):

@@ -159,7 +159,7 @@ class RadixCache(PrefixCache):
     ) -> MatchResult:
         """The longest cached, page-aligned prefix of `key` in namespace `extra_key`.
 
-        Returns its slot indices (concatenated along the path) and the node
+        Returns its slots (one piece per node on the path, joined on demand) and the node
         where the match ends. If the match ends inside an edge, that node is
         split so `last_node` ends exactly at the prefix. Refreshes the access
         time of every node on the path. With `record`, adds to the hit counters.
@@ -195,8 +195,8 @@ class RadixCache(PrefixCache):
         if record:
             self.tokens_queried += len(toks)
             self.tokens_hit += pos
-        slots = self._cat(values)
-        return MatchResult(slot_indices=slots, last_node=node)
+        # The pieces stay apart: a request keeps them as the head of its slot list.
+        return MatchResult(tuple(values) or (self._empty_value,), node, pos)
 
     def insert(
         self, key: TokenKey, slot_indices: torch.Tensor, extra_key: Hashable | None = None

@@ -82,7 +82,7 @@ class KVManager:
         if new is None:
             self.cache.dec_lock_ref(m.last_node)
             return False
-        req.set_slots([m.slot_indices, new])
+        req.set_slots([*m.pieces, new])
         req.cache_protected_len = m.prefix_len
         req.last_node = m.last_node
         return True

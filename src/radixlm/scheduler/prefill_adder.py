@@ -15,9 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from radixlm.config import SchedulerConfig
+from radixlm.kvcache.radix_cache import common_prefix_len
 from radixlm.scheduler.kv_manager import KVManager
 from radixlm.scheduler.request import Req
 
@@ -33,14 +32,6 @@ class PrefillBatch:
 
     def __bool__(self) -> bool:
         return bool(self.reqs)
-
-
-def _common_len(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    if n == 0:
-        return 0
-    diff = np.flatnonzero(np.asarray(a[:n]) != np.asarray(b[:n]))
-    return int(diff[0]) if diff.size else n
 
 
 class PrefillAdder:
@@ -115,15 +106,15 @@ class PrefillAdder:
         prompt are still prefilled once).
         """
         threshold = self.config.in_batch_prefix_threshold
-        if threshold <= 0 or not self.kv.cache.shares_prefixes:
+        if not batch.reqs or threshold <= 0 or not self.kv.cache.shares_prefixes:
             return False
-        fill = req.fill_ids
         needed = min(threshold, req.max_prefix_len() - cached)
         if needed <= 0:
             return False
+        fill = req.prefix_key(req.fill_len)  # tuples: compared in C, a run at a time
         for other in batch.reqs:
             if other.extra_key != req.extra_key:
                 continue
-            if _common_len(fill, other.fill_ids) - cached >= needed:
+            if common_prefix_len(fill, other.prefix_key(other.fill_len)) - cached >= needed:
                 return True
         return False

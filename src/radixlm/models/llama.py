@@ -25,6 +25,7 @@ from radixlm.attention.base import AttentionContext
 from radixlm.config import ModelConfig
 from radixlm.distributed.group import TPGroup
 from radixlm.models import weights as W
+from radixlm.models.fast_module import FastModule
 from radixlm.models.moe import MoEBlock
 from radixlm.models.ops import add_rms_norm, apply_rope_, refine_top_logits, rms_norm, silu_mul
 from radixlm.models.parallel import RowParallelLinear, VocabParallelEmbedding, VocabParallelHead
@@ -35,7 +36,7 @@ __all__ = ["LlamaForCausalLM", "rope_inv_freq"]
 Rope = tuple[torch.Tensor, torch.Tensor]  # (cos, signed sin), each [T, 1, D]
 
 
-class RMSNorm(nn.Module):
+class RMSNorm(FastModule):
     """weight * x / rms(x). Gemma's (1 + weight) form is folded into the weight at load."""
 
     def __init__(self, dim: int, eps: float) -> None:
@@ -52,7 +53,7 @@ class RMSNorm(nn.Module):
         return add_rms_norm(x, delta, self.weight, self.eps)
 
 
-class Attention(nn.Module):
+class Attention(FastModule):
     def __init__(self, config: ModelConfig, layer_id: int, tp: TPGroup | None = None) -> None:
         super().__init__()
         self.layer_id = layer_id
@@ -90,7 +91,7 @@ class Attention(nn.Module):
         return self.o_proj(out.reshape(t, self.q_size))  # out: [T, H, D]
 
 
-class MLP(nn.Module):
+class MLP(FastModule):
     def __init__(
         self, config: ModelConfig, intermediate_size: int | None = None, tp: TPGroup | None = None
     ) -> None:
@@ -119,7 +120,7 @@ def _make_mlp(config: ModelConfig, layer_id: int, tp: TPGroup | None = None) -> 
     return MoEBlock(config.hidden_size, moe)
 
 
-class DecoderLayer(nn.Module):
+class DecoderLayer(FastModule):
     def __init__(self, config: ModelConfig, layer_id: int, tp: TPGroup | None = None) -> None:
         super().__init__()
         # the sliding layers' rope (Gemma 3's local base), whatever their window
@@ -163,7 +164,7 @@ class SandwichDecoderLayer(DecoderLayer):
         return self.post_feedforward_layernorm(self.mlp(h))
 
 
-class LlamaForCausalLM(nn.Module):
+class LlamaForCausalLM(FastModule):
     """The decoder of every supported family (the name is kept from its first one)."""
 
     def __init__(self, config: ModelConfig, tp: TPGroup | None = None) -> None:

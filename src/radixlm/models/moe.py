@@ -23,10 +23,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from radixlm.config import MoEConfig
+from radixlm.models.fast_module import FastModule
 from radixlm.models.ops import silu_mul
 
 
-class Router(nn.Module):
+class Router(FastModule):
     """Router logits -> (weights [T, k], expert ids [T, k]) as transformers computes them:
     softmax in float32 over all experts, top-k, renormalised when `norm_topk_prob`."""
 
@@ -44,7 +45,7 @@ class Router(nn.Module):
         return weights.to(x.dtype), ids
 
 
-class _Experts(nn.Module):
+class _Experts(FastModule):
     """Experts [first, first + count) of one layer: routing pairs in, weighted sums out."""
 
     first: int
@@ -123,7 +124,7 @@ class QuantizedExperts(_Experts):
         return self.w2[e](silu_mul(self.w13[e](rows)))
 
 
-class SharedExpert(nn.Module):
+class SharedExpert(FastModule):
     """A dense SwiGLU MLP every token runs, scaled by sigmoid(gate(x)) (Qwen2-MoE)."""
 
     def __init__(self, hidden: int, inter: int) -> None:
@@ -135,7 +136,7 @@ class SharedExpert(nn.Module):
         return self.down_proj(silu_mul(self.gate_up_proj(x)))
 
 
-class MoEBlock(nn.Module):
+class MoEBlock(FastModule):
     """The MLP of a mixture-of-experts layer; forward(x [T, H]) -> [T, H] in x's dtype."""
 
     def __init__(self, hidden: int, moe: MoEConfig) -> None:

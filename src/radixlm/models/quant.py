@@ -31,8 +31,8 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
+from radixlm.models.fast_module import FastModule
 from radixlm.native import kernels, remembered
 
 log = logging.getLogger(__name__)
@@ -203,7 +203,7 @@ def unpack_int4(packed: torch.Tensor, n: int, k: int) -> torch.Tensor:
     return both.reshape(n // INT4_BLOCK_ROWS, k, INT4_BLOCK_ROWS).transpose(1, 2).reshape(n, k)
 
 
-class WeightOnlyLinear(nn.Module):
+class WeightOnlyLinear(FastModule):
     """y = x @ W.T + bias for a quantized W: `direct` (the kernel) up to DIRECT_MAX_ROWS
     rows of x, else a dense bf16 matmul on `dequantize()`. Returns x's dtype."""
 
@@ -297,7 +297,7 @@ class Int4Linear(WeightOnlyLinear):
         )
 
 
-class Int8Embedding(nn.Module):
+class Int8Embedding(FastModule):
     """Rows of an int8 table: embed(ids) = q[ids] * scale[ids], in `dtype`.
 
     `as_linear()` gives the tied output projection over the same storage.

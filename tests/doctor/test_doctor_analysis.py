@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import random
 
 import pytest
@@ -166,8 +167,8 @@ def test_reuse_distances_match_a_per_token_trie():
 
 def test_id_table_shares_one_object_per_value_and_keeps_every_list_equal():
     table = IdTable(size=8)  # every id below is outside it at first: the table grows
-    a = [int(s) for s in "1000 1001 70000 -3000 1001".split()]  # parsed: new int objects
-    b = [int(s) for s in "1001 70000 -3000".split()]
+    a = json.loads("[1000, 1001, 70000, -3000, 1001]")  # parsed, as a trace: new ints
+    b = json.loads("[1001, 70000, -3000]")
     assert a[1] is not b[0]
     sa, sb = table.shared(a), table.shared(b)
     assert sa == a and sb == b

@@ -94,10 +94,10 @@ class MatchResult:
     """The longest cached prefix of a key.
 
     `pieces` (int64 tensors on the pool device, at least one: one per node on
-    the path, in order) hold the slots of the K/V of the key's first `prefix_len` tokens;
-    `slot_indices` ([prefix_len]) is them joined. They are valid only while
-    `last_node` is locked (`inc_lock_ref`): an unlocked node may be evicted and
-    its slots reused by the next allocation.
+    the path, in order) hold the slots of the K/V of the key's first
+    `prefix_len` tokens; `slot_indices` ([prefix_len]) is them joined. They are
+    valid only while `last_node` is locked (`inc_lock_ref`): an unlocked node
+    may be evicted and its slots reused by the next allocation.
     """
 
     pieces: tuple[torch.Tensor, ...]

@@ -81,6 +81,6 @@ def pack_buffers(modules: list[nn.Module]) -> int:
         nbytes = buf.numel() * buf.element_size()
         view = block[offset : offset + nbytes].view(buf.dtype).view(buf.shape)
         view.copy_(buf)
-        module._buffers[name] = view
+        setattr(module, name, view)  # not _buffers[name]: a FastModule rebinds its copy
         offset += size
     return offset

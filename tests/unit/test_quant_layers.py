@@ -144,4 +144,7 @@ def test_packed_buffers_share_one_block_and_keep_their_values():
     moved = pack_buffers([*mods, mods[0]])  # a module listed twice is packed once
     assert moved >= sum(b.numel() * b.element_size() for m in mods for b in m.buffers())
     assert len({b.untyped_storage().data_ptr() for m in mods for b in m.buffers()}) == 1
+    # and the attributes the kernels read are those views (FastModule keeps them in step)
+    read = {getattr(m, n).untyped_storage().data_ptr() for m in mods for n, _ in m.named_buffers()}
+    assert len(read) == 1
     assert all(torch.equal(m(x), b) for m, b in zip(mods, before, strict=True))

@@ -27,19 +27,17 @@ _REGISTRIES = ("_parameters", "_buffers", "_modules")
 
 class FastModule(nn.Module):
     def rebind(self, name: str) -> None:
-        """Make `__dict__[name]` the registered value of `name` (drop it if none is)."""
+        """Make `__dict__[name]` the registered value of `name`; nothing if it has none."""
         d = self.__dict__
         for reg in _REGISTRIES:
             values = d.get(reg)
             if values is not None and name in values:
                 d[name] = values[name]
                 return
-        d.pop(name, None)
 
     def __setattr__(self, name: str, value: Any) -> None:
         super().__setattr__(name, value)
-        if any(name in self.__dict__.get(reg, ()) for reg in _REGISTRIES):
-            self.rebind(name)
+        self.rebind(name)
 
     def __delattr__(self, name: str) -> None:
         registered = any(name in self.__dict__.get(reg, ()) for reg in _REGISTRIES)
@@ -64,6 +62,5 @@ class FastModule(nn.Module):
     def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> Any:
         out = super()._apply(fn, recurse)
         for reg in _REGISTRIES:
-            for name in list(self.__dict__[reg]):
-                self.rebind(name)
+            self.__dict__.update(self.__dict__[reg])
         return out

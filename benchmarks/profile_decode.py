@@ -52,10 +52,10 @@ from radixlm.scheduler.scheduler import Scheduler
 MATMUL_OPS = {
     "aten::mm", "aten::addmm", "aten::linear", "aten::matmul",
     "aten::_weight_int8pack_mm", "aten::_weight_int4pack_mm_for_cpu",
-    "aten::_weight_int4pack_mm", "aten::mkldnn_linear", "native::int4_mm",
+    "aten::_weight_int4pack_mm", "aten::mkldnn_linear", "native::int4_mm", "native::int8_mm",
 }  # fmt: skip
 # radixlm's compiled kernels called from the model, profiled as "native::<name>" ranges
-NATIVE_OPS = ("int4_mm", "rms_norm", "add_rms_norm", "rope_", "silu_mul")
+NATIVE_OPS = ("int4_mm", "int8_mm", "rms_norm", "add_rms_norm", "rope_", "silu_mul")
 OPS = ("aten::", "native::")
 
 # (label, owner class, method) timed in pass 1; nested labels are subtracted from their parent.

@@ -74,8 +74,10 @@ def test_native_int4_mm_matches_the_exact_product(rows, n, k, group):
     assert ((got.double() - exact).abs() <= bound).all()
 
 
-@pytest.mark.parametrize("rows", [1, 2, 3, 5, 8])
-@pytest.mark.parametrize(("n", "k"), [(100, 576), (64, 16), (1000, 48)])
+# past 8 rows the kernel tiles in bfloat16 (K % 32 == 0) or takes 8 rows at a time; the
+# shapes leave tails of both tiles (rows % 4, n % 16)
+@pytest.mark.parametrize("rows", [1, 2, 3, 5, 8, 9, 13, 32, 70])
+@pytest.mark.parametrize(("n", "k"), [(100, 576), (64, 16), (1000, 48), (37, 64)])
 def test_native_int8_mm_matches_the_exact_product(rows, n, k):
     native = quant.kernels()
     if native is None or not native.int8_mm_supported():
@@ -103,7 +105,8 @@ def test_native_int4_crossover_is_measured_once_per_build(monkeypatch, tmp_path)
     rows = quant._measure_native_int4_rows()
     assert rows in (1, *quant.NATIVE_INT4_CANDIDATE_ROWS)
     if quant.kernels().int8_mm_supported():
-        assert quant._measure_native_int8_rows() in (0, *quant.NATIVE_INT8_CANDIDATE_ROWS)
+        measured = quant._measure_native_int8_rows()
+        assert measured in (0, *quant.NATIVE_INT8_CANDIDATE_ROWS[:-1], quant.NO_LIMIT)
     calls = []
 
     def measure() -> int:

@@ -3,17 +3,20 @@
 Two formats, both with bfloat16 activations (the kernels are ~10x slower on float32):
 
 - int8: one scale per output row, `w = q * scale`, q in [-127, 127].
-  Small batches run `aten._weight_int8pack_mm`.
+  radixlm's `int8_mm` runs every batch where it beats `aten._weight_int8pack_mm`.
 - int4: groups of `group_size` consecutive inputs per output row share a scale
   and a zero point, `w = (q - 8) * scale + zero`, q in [0, 15] (the form
   `aten._weight_int4pack_mm_for_cpu` computes). The nibbles are kept in that
   kernel's layout: output rows in blocks of 64; for each input k, byte j of a
   block holds row j (low nibble) and row j + 32 (high nibble).
 
-Both kernels do one matrix-vector pass per input row, so their cost grows
+The int4 kernels do one matrix-vector pass per input row, so their cost grows
 linearly with the rows of x. Past DIRECT_MAX_ROWS rows (prefill, large
-batches) a layer dequantizes its weight to bfloat16 for the call and runs a
-dense matmul instead; nothing is cached, so resident memory stays quantized.
+batches) an int4 layer dequantizes its weight to bfloat16 for the call and runs
+a dense matmul instead; nothing is cached, so resident memory stays quantized.
+An int8 layer does the same only where radixlm's kernel is not built: that
+kernel widens blocks of the weight to bfloat16 in cache and beats the
+dequantize-then-matmul path at every batch measured (benchmarks/epyc_zen4.md).
 
 Quantization from float weights (`quantize_int8`, `quantize_int4`) uses the
 row's absolute maximum (int8) and, per group, the better of a min/max and a
@@ -44,8 +47,10 @@ DIRECT_MAX_ROWS = 32
 # Which is faster depends on the CPU (benchmarks/bench_int4_mm.py): on an Intel Xeon with
 # AMX torch's won from 4 rows, on an AMD EPYC (Zen 4) ours was 1.6x faster at 32.
 NATIVE_INT4_CANDIDATE_ROWS = (2, 4, 8, 16, 32)
-# The same for the int8 output head (`native_int8_max_rows`; int8_mm takes at most 8 rows).
-NATIVE_INT8_CANDIDATE_ROWS = (1, 2, 4, 8)
+# The same for the int8 output head (`native_int8_max_rows`). Winning at the last candidate
+# means winning at every batch: past it, both kernels' costs grow linearly with the rows.
+NATIVE_INT8_CANDIDATE_ROWS = (1, 2, 4, 8, 16, 32, 64, 128)
+NO_LIMIT = 1 << 62
 INT4_GROUP = 32
 INT4_BLOCK_ROWS = 64  # the int4 kernel packs output rows in blocks of this many
 
@@ -99,8 +104,9 @@ def _measure_native_int4_rows() -> int:
 def native_int8_max_rows() -> int:
     """Rows of x up to which int8 layers (the output head) call radixlm's kernel
     (`native/int8_mm.cpp`) instead of torch's: the largest of NATIVE_INT8_CANDIDATE_ROWS
-    at which it and every smaller candidate timed faster, 0 where none did or it is not
-    built. Measured once per machine (`native.remembered`)."""
+    at which it and every smaller candidate timed faster (NO_LIMIT when that is the last
+    one), 0 where none did or it is not built. Measured once per machine
+    (`native.remembered`)."""
     native = kernels()
     if native is None or not native.int8_mm_supported():
         return 0
@@ -118,6 +124,9 @@ def _measure_native_int8_rows() -> int:
         lambda x: torch.ops.aten._weight_int8pack_mm(x, q, scale),
         NATIVE_INT8_CANDIDATE_ROWS, 576, gen,
     )  # fmt: skip
+    if rows == NATIVE_INT8_CANDIDATE_ROWS[-1]:
+        log.info("int8 matmul: radixlm's kernel at every batch")
+        return NO_LIMIT
     log.info("int8 matmul: radixlm's kernel up to %d rows of x, torch's above", rows)
     return rows
 
@@ -204,7 +213,7 @@ def unpack_int4(packed: torch.Tensor, n: int, k: int) -> torch.Tensor:
 
 
 class WeightOnlyLinear(FastModule):
-    """y = x @ W.T + bias for a quantized W: `direct` (the kernel) up to DIRECT_MAX_ROWS
+    """y = x @ W.T + bias for a quantized W: `direct` (the kernel) up to `direct_rows()`
     rows of x, else a dense bf16 matmul on `dequantize()`. Returns x's dtype."""
 
     in_features: int
@@ -219,12 +228,17 @@ class WeightOnlyLinear(FastModule):
         """The weight [N, K] in bfloat16."""
         raise NotImplementedError
 
+    def direct_rows(self) -> int:
+        """Rows of x up to which `direct` beats dequantize-then-matmul."""
+        return DIRECT_MAX_ROWS
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        limit = self.direct_rows()
         plain = x.dim() == 2 and x.dtype == torch.bfloat16 and self.bias is None
-        if plain and x.shape[0] <= DIRECT_MAX_ROWS:  # the decode step: nothing to convert
+        if plain and x.shape[0] <= limit:  # the decode step: nothing to convert
             return self.direct(x)
         x2 = x.reshape(-1, self.in_features).to(torch.bfloat16)
-        small = x2.shape[0] <= DIRECT_MAX_ROWS
+        small = x2.shape[0] <= limit
         y = self.direct(x2) if small else F.linear(x2, self.dequantize())
         if self.bias is not None:
             y = y + self.bias
@@ -248,6 +262,11 @@ class Int8Linear(WeightOnlyLinear):
     def rows(self, idx: torch.Tensor) -> torch.Tensor:
         """Rows `idx` (any shape) of the weight in float32: [*idx.shape, K]."""
         return self.qweight[idx].float() * self.scale[idx, None].float()
+
+    def direct_rows(self) -> int:
+        if self.in_features % 16 == 0:
+            return max(DIRECT_MAX_ROWS, native_int8_max_rows())
+        return DIRECT_MAX_ROWS
 
     def direct(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[0] <= native_int8_max_rows() and self.in_features % 16 == 0:

@@ -16,7 +16,8 @@ Functions of the module (see each .cpp file's header for shapes):
 - `int4_mm(x, packed, scales_zeros, group) -> y`: x [m, k] bfloat16 @ W.T for small m;
   `int4_mm_supported()` is False where the CPU lacks AVX512-BF16 or AVX512-VBMI
 - `int8_mm(x, q, scale) -> y`: x [m, k] bfloat16 @ (q * scale).T for an int8 [n, k] weight
-  and 1 to 8 rows (the output head at decode); `int8_mm_supported()` (AVX-512)
+  (the output head; any rows, tiled in bfloat16 past 8 with AVX512-BF16); `int8_mm_supported()`
+  (AVX-512)
 - `rms_norm`, `add_rms_norm`, `rope_`, `silu_mul`: the decoder's fused elementwise ops
 
 `remembered(name, measure)` keeps a per-build measurement (a kernel crossover) beside
@@ -45,7 +46,7 @@ _SOURCES = (
     "paged_decode.cpp", "paged_extend.cpp", "int4_dequant.cpp", "int4_mm.cpp", "int8_mm.cpp",
     "fused.cpp",
 )
-_HEADERS = ("vec.h",)  # included by the sources: part of the build key
+_HEADERS = ("vec.h", "paged_decode_bf16.h")  # included by the sources: part of the build key
 _FLAGS = ["-O3", "-march=native", "-fopenmp", "-ffast-math", "-fno-finite-math-only"]
 
 

@@ -1,11 +1,20 @@
-// y = x @ (q * scale).T for a few rows of x and a row-major int8 weight (the output head).
+// y = x @ (q * scale).T for a row-major int8 weight (the output head).
 //
-// x: [M, K] bfloat16, M <= INT8_MM_MAX_ROWS; q: [N, K] int8; scale: [N] bfloat16.
-// Returns y [M, N] bfloat16. Each weight row is read once for all M rows of x: 16 int8
-// at a time are widened to float32 (exact) and multiplied into M float32 accumulators
-// against x in float32 (exact), so the only roundings are float32 sums and the output.
-// Rows of the weight are split over threads in blocks; each row's lanes are summed once
-// at its end. Needs AVX-512 (`int8_mm_supported()`); elsewhere torch's kernel runs.
+// x: [M, K] bfloat16; q: [N, K] int8; scale: [N] bfloat16. Returns y [M, N] bfloat16.
+//
+// Up to SMALL_ROWS rows of x (decode at a small batch, bound by reading the weight): each
+// weight row is read once for all M rows: 16 int8 at a time are widened to float32 (exact)
+// and multiplied into M float32 accumulators against x in float32 (exact), so the only
+// roundings are float32 sums and the output. Each row's lanes are summed once at its end.
+//
+// More rows (bound by arithmetic), with AVX512-BF16 and K % 32 == 0: each block of
+// BLOCK_N weight rows is widened once to bfloat16 (exact: |q| <= 127) into an L1-resident
+// buffer, then every 4 x 4 tile of (x rows, weight rows) runs vdpbf16ps along K into 16
+// float32 accumulators, which one transpose-and-add tree sums into the tile's 16 outputs.
+// Without AVX512-BF16 the float32 path runs over the rows 8 at a time.
+//
+// Rows of the weight are split over threads in blocks. Needs AVX-512
+// (`int8_mm_supported()`); elsewhere torch's kernel runs.
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -15,9 +24,11 @@
 #define RADIXLM_INT8_MM 1
 #endif
 
+#include <algorithm>
+#include <cstring>
 #include <vector>
 
-constexpr int64_t INT8_MM_MAX_ROWS = 8;
+constexpr int64_t SMALL_ROWS = 8;
 
 bool int8_mm_supported() {
 #ifdef RADIXLM_INT8_MM
@@ -51,6 +62,98 @@ void rows_of(const int8_t* q, const float* xf, int64_t k, int64_t n0, int64_t n1
   }
 }
 
+
+#ifdef __AVX512BF16__
+constexpr int64_t BLOCK_N = 16;  // weight rows widened to bfloat16 at a time (K = 576: 18 KiB)
+constexpr int TILE = 4;          // x rows and weight rows per tile
+
+// The 16 lane sums of v[0..15], as one vector (lane i = sum of v[i]).
+inline __m512 sum16(const __m512* v) {
+  __m512 a[8], b[4];
+  for (int i = 0; i < 8; ++i)  // within 128-bit lanes: [v2i 0+2, v2i+1 0+2, v2i 1+3, v2i+1 1+3]
+    a[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]),
+                         _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
+  for (int i = 0; i < 4; ++i)  // within 128-bit lanes: [v4i, v4i+1, v4i+2, v4i+3]
+    b[i] = _mm512_add_ps(_mm512_shuffle_ps(a[2 * i], a[2 * i + 1], 0x44),
+                         _mm512_shuffle_ps(a[2 * i], a[2 * i + 1], 0xEE));
+  const __m512 c = _mm512_add_ps(_mm512_shuffle_f32x4(b[0], b[1], 0x88),
+                                 _mm512_shuffle_f32x4(b[0], b[1], 0xDD));
+  const __m512 d = _mm512_add_ps(_mm512_shuffle_f32x4(b[2], b[3], 0x88),
+                                 _mm512_shuffle_f32x4(b[2], b[3], 0xDD));
+  return _mm512_add_ps(_mm512_shuffle_f32x4(c, d, 0x88), _mm512_shuffle_f32x4(c, d, 0xDD));
+}
+
+// wb[r][0..K) = q[n0 + r][0..K) as bfloat16 for r < rows; rows..BLOCK_N are zero.
+void widen_block(const int8_t* q, int64_t k, int64_t n0, int64_t rows, uint16_t* wb) {
+  for (int64_t r = 0; r < BLOCK_N; ++r) {
+    uint16_t* dst = wb + r * k;
+    if (r >= rows) {
+      std::memset(dst, 0, k * sizeof(uint16_t));
+      continue;
+    }
+    const int8_t* src = q + (n0 + r) * k;
+    for (int64_t i = 0; i < k; i += 32) {
+      const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i));
+      const __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(b)));
+      const __m512 hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(b, 1)));
+      _mm512_storeu_si512(dst + i, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+    }
+  }
+}
+
+// y[m][n0 + j] for the block in wb (rows valid of BLOCK_N), every row m of xb ([mp][K]
+// bfloat16, mp % TILE == 0, rows >= m zero).
+void block_rows(const uint16_t* xb, const uint16_t* wb, int64_t k, int64_t m, int64_t mp,
+                int64_t n0, int64_t valid, const at::BFloat16* scale, at::BFloat16* y,
+                int64_t n) {
+  for (int64_t j0 = 0; j0 < BLOCK_N; j0 += TILE) {
+    if (j0 >= valid) break;
+    alignas(64) float sc[16];
+    for (int i = 0; i < TILE; ++i)
+      for (int j = 0; j < TILE; ++j)
+        sc[i * TILE + j] = j0 + j < valid ? static_cast<float>(scale[n0 + j0 + j]) : 0.f;
+    const __m512 scv = _mm512_load_ps(sc);
+    for (int64_t i0 = 0; i0 < mp; i0 += TILE) {
+      __m512 acc[TILE * TILE];
+      for (auto& a : acc) a = _mm512_setzero_ps();
+      for (int64_t kk = 0; kk < k; kk += 32) {
+        __m512bh xv[TILE], wv[TILE];
+        for (int i = 0; i < TILE; ++i)
+          xv[i] = (__m512bh)_mm512_loadu_si512(xb + (i0 + i) * k + kk);
+        for (int j = 0; j < TILE; ++j)
+          wv[j] = (__m512bh)_mm512_loadu_si512(wb + (j0 + j) * k + kk);
+        for (int i = 0; i < TILE; ++i)
+          for (int j = 0; j < TILE; ++j)
+            acc[i * TILE + j] = _mm512_dpbf16_ps(acc[i * TILE + j], xv[i], wv[j]);
+      }
+      alignas(64) at::BFloat16 out[16];
+      _mm256_store_si256(reinterpret_cast<__m256i*>(out),
+                         (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(sum16(acc), scv)));
+      for (int i = 0; i < TILE && i0 + i < m; ++i)
+        for (int j = 0; j < TILE && j0 + j < valid; ++j)
+          y[(i0 + i) * n + n0 + j0 + j] = out[i * TILE + j];
+    }
+  }
+}
+
+void tiled(const torch::Tensor& x, const int8_t* q, const at::BFloat16* sp, at::BFloat16* yp,
+           int64_t m, int64_t k, int64_t n) {
+  const int64_t mp = (m + TILE - 1) / TILE * TILE;
+  auto xb = torch::zeros({mp, k}, x.options());
+  xb.narrow(0, 0, m).copy_(x);
+  const uint16_t* xp = reinterpret_cast<const uint16_t*>(xb.data_ptr<at::BFloat16>());
+  const int64_t blocks = (n + BLOCK_N - 1) / BLOCK_N;
+  at::parallel_for(0, blocks, 16, [&](int64_t lo, int64_t hi) {
+    std::vector<uint16_t> wb(BLOCK_N * k);
+    for (int64_t b = lo; b < hi; ++b) {
+      const int64_t n0 = b * BLOCK_N, valid = std::min(BLOCK_N, n - n0);
+      widen_block(q, k, n0, valid, wb.data());
+      block_rows(xp, wb.data(), k, m, mp, n0, valid, sp, yp, n);
+    }
+  });
+}
+#endif
+
 }  // namespace
 #endif
 
@@ -64,25 +167,36 @@ torch::Tensor int8_mm(torch::Tensor x, torch::Tensor q, torch::Tensor scale) {
               "scale must be [N] bfloat16");
   const int64_t m = x.size(0), k = x.size(1), n = q.size(0);
   TORCH_CHECK(q.size(1) == k && k % 16 == 0, "int8_mm needs K % 16 == 0 and matching K");
-  TORCH_CHECK(m >= 1 && m <= INT8_MM_MAX_ROWS, "int8_mm takes 1 to 8 rows of x");
-  auto xf = x.to(torch::kFloat32).contiguous();
+  TORCH_CHECK(m >= 1, "int8_mm needs at least one row of x");
   auto y = torch::empty({m, n}, x.options());
   const int8_t* qp = q.data_ptr<int8_t>();
-  const float* xp = xf.data_ptr<float>();
   const at::BFloat16* sp = scale.data_ptr<at::BFloat16>();
   at::BFloat16* yp = y.data_ptr<at::BFloat16>();
-  at::parallel_for(0, n, 256, [&](int64_t lo, int64_t hi) {
-    switch (m) {
-      case 1: rows_of<1>(qp, xp, k, lo, hi, sp, yp, n); break;
-      case 2: rows_of<2>(qp, xp, k, lo, hi, sp, yp, n); break;
-      case 3: rows_of<3>(qp, xp, k, lo, hi, sp, yp, n); break;
-      case 4: rows_of<4>(qp, xp, k, lo, hi, sp, yp, n); break;
-      case 5: rows_of<5>(qp, xp, k, lo, hi, sp, yp, n); break;
-      case 6: rows_of<6>(qp, xp, k, lo, hi, sp, yp, n); break;
-      case 7: rows_of<7>(qp, xp, k, lo, hi, sp, yp, n); break;
-      default: rows_of<8>(qp, xp, k, lo, hi, sp, yp, n); break;
-    }
-  });
+#ifdef __AVX512BF16__
+  if (m > SMALL_ROWS && k % 32 == 0) {
+    tiled(x, qp, sp, yp, m, k, n);
+    return y;
+  }
+#endif
+  auto xf = x.to(torch::kFloat32).contiguous();
+  const float* xp = xf.data_ptr<float>();
+  for (int64_t m0 = 0; m0 < m; m0 += SMALL_ROWS) {  // SMALL_ROWS rows of x per pass
+    const int64_t rows = std::min(SMALL_ROWS, m - m0);
+    const float* xr = xp + m0 * k;
+    at::BFloat16* yr = yp + m0 * n;
+    at::parallel_for(0, n, 256, [&](int64_t lo, int64_t hi) {
+      switch (rows) {
+        case 1: rows_of<1>(qp, xr, k, lo, hi, sp, yr, n); break;
+        case 2: rows_of<2>(qp, xr, k, lo, hi, sp, yr, n); break;
+        case 3: rows_of<3>(qp, xr, k, lo, hi, sp, yr, n); break;
+        case 4: rows_of<4>(qp, xr, k, lo, hi, sp, yr, n); break;
+        case 5: rows_of<5>(qp, xr, k, lo, hi, sp, yr, n); break;
+        case 6: rows_of<6>(qp, xr, k, lo, hi, sp, yr, n); break;
+        case 7: rows_of<7>(qp, xr, k, lo, hi, sp, yr, n); break;
+        default: rows_of<8>(qp, xr, k, lo, hi, sp, yr, n); break;
+      }
+    });
+  }
   return y;
 #else
   TORCH_CHECK(false, "int8_mm was built without AVX-512");

@@ -24,6 +24,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -166,6 +167,9 @@ void qk_scores(const float* q, const T* k, const int64_t* idx, int64_t n, int64_
 }
 #endif
 
+#include "paged_decode_bf16.h"
+
+
 // One (sequence, kv head, chunk): partial max, sum and accumulators for G heads.
 // q: [G, D] scaled queries (float32); idx: the chunk's n pool rows; scores: [G * n] scratch.
 template <typename T>
@@ -258,15 +262,24 @@ void run(const torch::Tensor& q, const torch::Tensor& k_cache, const torch::Tens
   float* pa = part_acc.data_ptr<float>();
   const int64_t row_stride = hkv * d;
   // One item per chunk, all its kv heads in turn: the chunk's rows are read front to back.
+  const bool dp = use_dpbf16<T>(d, g);
+  const uint16_t* qb = reinterpret_cast<const uint16_t*>(q.data_ptr());
   at::parallel_for(0, chunks, 1, [&](int64_t lo, int64_t hi) {
     std::vector<float> scores(static_cast<size_t>(g * CHUNK));
+    std::vector<uint16_t> pb(static_cast<size_t>(g * (CHUNK + 2)));
     for (int64_t c = lo; c < hi; ++c) {
       const int64_t s = item_seq[c], start = item_start[c];
       const int64_t n = std::min(CHUNK, indptr[s + 1] - start);
       for (int64_t kh = 0; kh < hkv; ++kh) {
-        const int64_t w = c * hkv + kh;
-        attend_chunk<T>(qp + (s * h + kh * g) * d, kp, vp, indices + start, n, row_stride,
-                        kh * d, g, d, scores.data(), pm + w * g, pl + w * g, pa + w * g * d);
+        const int64_t w = c * hkv + kh, qoff = (s * h + kh * g) * d;
+        if (dp) {
+          attend_chunk_dp(qb + qoff, kp, vp, indices + start, n, row_stride, kh * d, g, d,
+                          static_cast<float>(scale), scores.data(), pb.data(), pm + w * g,
+                          pl + w * g, pa + w * g * d);
+          continue;
+        }
+        attend_chunk<T>(qp + qoff, kp, vp, indices + start, n, row_stride, kh * d, g, d,
+                        scores.data(), pm + w * g, pl + w * g, pa + w * g * d);
       }
     }
   });
@@ -356,7 +369,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("paged_extend_supported", &paged_extend_supported, "whether paged_extend was built for d");
   m.def("int4_dequantize", &int4_dequantize, "int4 kernel-layout weight -> bfloat16 (CPU)");
   m.def("int4_mm", &int4_mm, "x @ W.T for an int4 kernel-layout weight, few rows of x (CPU)");
-  m.def("int8_mm", &int8_mm, "x @ (q * scale).T for an int8 [N, K] weight, 1 to 8 rows (CPU)");
+  m.def("int8_mm", &int8_mm, "x @ (q * scale).T for an int8 [N, K] weight (CPU)");
   m.def("int8_mm_supported", &int8_mm_supported, "whether int8_mm was built here");
   m.def("int4_mm_supported", &int4_mm_supported, "whether int4_mm was built here");
 }

@@ -120,7 +120,8 @@ for system in $SYSTEMS; do
       fi
       # Its KV cache is sized by VLLM_CPU_KVCACHE_SPACE (GiB); its OpenMP threads bind to
       # every core (by default vLLM keeps one core of the two for its scheduler).
-      VLLM_CPU_KVCACHE_SPACE=${VLLM_CPU_KVCACHE_SPACE:-4} \
+      # Dev mode serves POST /reset_prefix_cache, which the bench client calls before each run.
+      VLLM_SERVER_DEV_MODE=1 VLLM_CPU_KVCACHE_SPACE=${VLLM_CPU_KVCACHE_SPACE:-4} \
         VLLM_CPU_OMP_THREADS_BIND=${VLLM_CPU_OMP_THREADS_BIND:-0-$(($(nproc) - 1))} \
         "$VLLM_PY" -m vllm.entrypoints.openai.api_server --model "$VLLM_HF" --host 127.0.0.1 \
         --port "$PORT" --dtype bfloat16 --enable-prefix-caching --block-size 32 \

@@ -21,6 +21,7 @@ from radixlm.bench.config import BenchRunConfig
 from radixlm.bench.main import load_hf_tokenizer, make_backend
 from radixlm.bench.runner import run_workload
 from radixlm.bench.vocab import word_vocab
+from radixlm.bench.workload import Part
 from radixlm.bench.workloads import build_workload
 
 SHARED = [
@@ -272,3 +273,57 @@ def test_bad_bench_flags_name_the_flag(capsys):
     assert main(["bench", "workloads"]) == 0
     listing = capsys.readouterr().out
     assert "shared-prefix:" in listing and "scrambled:" in listing
+
+
+def test_warmup_empties_the_prefix_cache_before_a_run(bench_server):
+    """A prompt cached before the warm-up is not cached after it: a run starts from an
+    empty cache, as the oracle hit rate assumes."""
+    url, model = bench_server
+    tok = load_hf_tokenizer(model)
+    parts = (Part("user", tuple(word_vocab(tok).ids[:64])),)
+
+    async def cached_before_and_after() -> tuple[int | None, str | None, int | None]:
+        b = make_backend(BenchRunConfig("native", "unique", base_url=url, model=model), tok)
+        try:
+            await b.generate(0, parts, 1)
+            before = (await b.generate(1, parts, 1)).cached_tokens
+            flushed = await b.warmup(word_vocab(tok).ids[:8])
+            return before, flushed, (await b.generate(2, parts, 1)).cached_tokens
+        finally:
+            await b.aclose()
+
+    before, flushed, after = asyncio.run(cached_before_and_after())
+    assert before and before >= 32 and flushed == "/flush_cache" and after == 0
+
+
+@pytest.mark.parametrize(
+    ("routes", "expected"),
+    [
+        ({"/flush_cache": 200}, "/flush_cache"),  # radixlm, SGLang
+        ({"/flush_cache": 404, "/reset_prefix_cache": 200}, "/reset_prefix_cache"),  # vLLM
+        ({"/slots": 200, "/slots/0": 200, "/slots/1": 200}, "/slots?action=erase"),  # llama.cpp
+        ({"/slots": 200, "/slots/0": 200, "/slots/1": 501}, None),  # one slot kept its cache
+        ({}, None),
+    ],
+)
+def test_flush_cache_tries_each_server_kind(routes, expected):
+    """The routes a server answers decide how the cache is emptied (a stand-in server:
+    the vLLM and llama.cpp forms cannot run here)."""
+    seen = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append((request.method, request.url.path, request.url.query.decode()))
+        code = routes.get(request.url.path, 404)
+        return httpx.Response(code, json=[{"id": 0}, {"id": 1}] if code == 200 else {})
+
+    async def flush() -> str | None:
+        b = make_backend(BenchRunConfig("openai", "unique", base_url="http://x", model="m"), None)
+        b.client = httpx.AsyncClient(base_url="http://x", transport=httpx.MockTransport(handler))
+        try:
+            return await b.flush_cache()
+        finally:
+            await b.aclose()
+
+    assert asyncio.run(flush()) == expected
+    if expected == "/slots?action=erase":
+        assert ("POST", "/slots/1", "action=erase") in seen

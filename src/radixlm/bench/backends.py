@@ -69,13 +69,31 @@ class HttpBackend:
         return {"prompt_tokens": int(info["prompt_tokens"]),
                 "cached_tokens": int(info["cached_tokens"])}  # fmt: skip
 
-    async def warmup(self, ids: Sequence[int]) -> None:
-        """One short request, then an attempt to empty the server's prefix cache."""
+    async def warmup(self, ids: Sequence[int]) -> str | None:
+        """One short request, then empty the server's prefix cache, so that no earlier
+        run's prompts are cached. Returns how it was emptied (`flush_routes`), or None
+        where the server offers no way (then a cached prefix may be an earlier run's)."""
         res = await self.generate(-1, (Part("user", tuple(ids)),), 2)
         if res.error is not None:
             raise RuntimeError(f"warm-up request failed: {res.error}")
-        with contextlib.suppress(httpx.HTTPError):  # not every server can flush
-            await self.client.post("/flush_cache")
+        return await self.flush_cache()
+
+    async def flush_cache(self) -> str | None:
+        """Empty the server's prefix cache by the first route it answers with a 2xx:
+        radixlm's and SGLang's /flush_cache, vLLM's /reset_prefix_cache (served with
+        VLLM_SERVER_DEV_MODE=1), or erasing each of llama-server's slots. Returns the
+        route used, or None."""
+        for route in ("/flush_cache", "/reset_prefix_cache"):
+            with contextlib.suppress(httpx.HTTPError):
+                if (await self.client.post(route)).is_success:
+                    return route
+        with contextlib.suppress(httpx.HTTPError, ValueError, KeyError, TypeError):
+            slots = (await self.client.get("/slots")).json()
+            erased = [await self.client.post(f"/slots/{s['id']}", params={"action": "erase"})
+                      for s in slots]  # fmt: skip
+            if erased and all(r.is_success for r in erased):
+                return "/slots?action=erase"
+        return None
 
     async def aclose(self) -> None:
         await self.client.aclose()

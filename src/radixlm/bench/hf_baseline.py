@@ -92,8 +92,9 @@ class TransformersBackend:
         res.chunk_times, res.chunk_tokens = times, [1] * len(times)
         return res
 
-    async def warmup(self, ids: Sequence[int]) -> None:
+    async def warmup(self, ids: Sequence[int]) -> str | None:
         await self.generate(-1, (Part("user", tuple(ids)),), 2)
+        return "no prefix cache"
 
     async def server_counters(self) -> dict[str, int] | None:
         return None

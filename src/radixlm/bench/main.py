@@ -16,6 +16,8 @@ from radixlm.bench.runner import run_workload
 from radixlm.bench.vocab import word_vocab
 from radixlm.bench.workloads import build_workload, describe_workloads
 
+log = logging.getLogger(__name__)
+
 
 def _tokenizer_source(cfg: BenchRunConfig) -> str:
     """Where the tokenizer comes from: --tokenizer, --model, or the server's model path."""
@@ -64,9 +66,13 @@ async def _run(cfg: BenchRunConfig) -> dict[str, Any]:
     vocab = word_vocab(hf_tokenizer)
     workload = build_workload(cfg.workload, vocab, cfg.seed, cfg.params)
     backend = make_backend(cfg, hf_tokenizer)
+    flushed = None
     try:
         if cfg.warmup:
-            await backend.warmup(vocab.ids[:8])
+            flushed = await backend.warmup(vocab.ids[:8])
+            if flushed is None:
+                log.warning("could not empty the server's prefix cache: prompts of earlier "
+                            "runs may be cached")
         before = await backend.server_counters()
         outcome = await run_workload(workload, backend, cfg.request_rate,
                                      cfg.max_concurrency, cfg.seed, cfg.progress)  # fmt: skip
@@ -76,7 +82,7 @@ async def _run(cfg: BenchRunConfig) -> dict[str, Any]:
     delta = None
     if before is not None and after is not None:
         delta = {k: after[k] - before[k] for k in before}
-    return build_record(cfg, workload, outcome, delta)
+    return build_record(cfg, workload, outcome, delta, flushed)
 
 
 def _print_summary(record: dict[str, Any]) -> None:

@@ -45,12 +45,15 @@ def build_record(
     workload: Workload,
     outcome: RunOutcome,
     server_delta: dict[str, int] | None,
+    cache_flush: str | None = None,
 ) -> dict[str, Any]:
     """The record of a finished run (JSON-serialisable).
 
     `server_delta` is the change in the server's own prompt / cached token counters over
     the run (None when the server does not report them): `server_hit_rate` beside the
-    measured `hit_rate` shows the two agree.
+    measured `hit_rate` shows the two agree. `cache_flush` says how the server's prefix
+    cache was emptied before the run (None: it was not, so earlier runs' prompts may
+    have been cached).
     """
     summary = summarize(outcome.results, outcome.duration, run_oracle(outcome))
     if server_delta is not None and server_delta["prompt_tokens"] > 0:
@@ -71,6 +74,7 @@ def build_record(
         "workload_params": workload.params,
         "request_rate": None if cfg.request_rate == float("inf") else cfg.request_rate,
         "max_concurrency": cfg.max_concurrency,
+        "cache_flush": cache_flush,
         "seed": cfg.seed,
         "num_requests": len(workload.requests),
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),

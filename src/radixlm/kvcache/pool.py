@@ -139,6 +139,9 @@ class KVPool:
         dims = (shape.num_layers, rows, shape.num_kv_heads, shape.head_dim)
         self.k_buffer = _zeros(dims, shape.dtype, self.device)
         self.v_buffer = _zeros(dims, shape.dtype, self.device)
+        # (K, V) views of each layer, made once: the buffers are never reallocated, and a
+        # view per call cost four `select`s per layer of a decode step.
+        self._layers = list(zip(self.k_buffer.unbind(0), self.v_buffer.unbind(0), strict=True))
         # The _top free pages live in _free_pages[num_pages - _top:], next to go first: alloc
         # takes from the front and free puts back in front, so a freed block returns in order.
         self._free_pages = torch.empty(self.num_pages, dtype=torch.int64, device=self.device)
@@ -277,8 +280,9 @@ class KVPool:
 
     def set_kv(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         """Write k, v ([n, num_kv_heads, head_dim]) of layer `layer` into slots ([n] int64)."""
-        self.k_buffer[layer].index_copy_(0, slots, k.to(self.shape.dtype))
-        self.v_buffer[layer].index_copy_(0, slots, v.to(self.shape.dtype))
+        k_layer, v_layer = self._layers[layer]
+        k_layer.index_copy_(0, slots, k.to(self.shape.dtype))
+        v_layer.index_copy_(0, slots, v.to(self.shape.dtype))
 
     def get_kv(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Views (K, V) of layer `layer`, each [num_slots, num_kv_heads, head_dim].
@@ -286,4 +290,4 @@ class KVPool:
         Rows are indexed by slot id; a slot's row is meaningful only while the
         slot is allocated and after its K/V were written.
         """
-        return self.k_buffer[layer], self.v_buffer[layer]
+        return self._layers[layer]

@@ -27,13 +27,19 @@ from radixlm.distributed.group import TPGroup
 from radixlm.models import weights as W
 from radixlm.models.fast_module import FastModule
 from radixlm.models.moe import MoEBlock
-from radixlm.models.ops import add_rms_norm, apply_rope_, refine_top_logits, rms_norm, silu_mul
+from radixlm.models.ops import (
+    Rope,
+    add_rms_norm,
+    apply_rope_,
+    refine_top_logits,
+    rms_norm,
+    rope_tables,
+    silu_mul,
+)
 from radixlm.models.parallel import RowParallelLinear, VocabParallelEmbedding, VocabParallelHead
 from radixlm.models.rope import Rotary, rope_inv_freq
 
 __all__ = ["LlamaForCausalLM", "rope_inv_freq"]
-
-Rope = tuple[torch.Tensor, torch.Tensor]  # (cos, signed sin), each [T, 1, D]
 
 
 class RMSNorm(FastModule):
@@ -223,10 +229,10 @@ class LlamaForCausalLM(FastModule):
         if c.embed_scale != 1.0:
             x = x * torch.tensor(c.embed_scale, dtype=x.dtype)
         lens = ctx.extend_lens
-        rope = self.rotary.cos_sin(positions, lens, x.dtype)
+        rope = rope_tables(*self.rotary.cos_sin(positions, lens, x.dtype), x)
         local = rope  # the sliding layers' tables
         if self.local_rotary is not None:
-            local = self.local_rotary.cos_sin(positions, lens, x.dtype)
+            local = rope_tables(*self.local_rotary.cos_sin(positions, lens, x.dtype), x)
         delta = None
         for layer in self.layers:
             delta = layer(x, delta, local if layer.sliding else rope, ctx)

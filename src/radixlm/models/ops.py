@@ -15,6 +15,8 @@ import torch.nn.functional as F
 
 from radixlm.native import kernels
 
+Rope = tuple[torch.Tensor, torch.Tensor]  # (cos, signed sin), each [T, 1, D]
+
 
 def _native(x: torch.Tensor):
     """The kernel module when it applies to `x` (contiguous, CPU, float32 or bfloat16)."""
@@ -44,6 +46,15 @@ def add_rms_norm(
     return rms_norm(x, weight, eps)
 
 
+def rope_tables(cos: torch.Tensor, sin: torch.Tensor, like: torch.Tensor) -> Rope:
+    """(cos, signed sin) for `apply_rope_` on tensors like `like`, made once per forward:
+    for the native kernel, which computes in float32, the same values (already rounded to
+    the model dtype) as float32, so no layer converts them again; otherwise as given."""
+    if _native(like) is None or cos.dtype == torch.float32:
+        return cos, sin
+    return cos.float(), sin.float()
+
+
 def apply_rope_(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: int) -> None:
     """Rotate the first `heads` heads of qkv [T, heads_total, D] in place.
 
@@ -55,6 +66,7 @@ def apply_rope_(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: 
         native.rope_(qkv, cos, sin, heads)
         return
     x = qkv[:, :heads]
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)  # exact for `rope_tables`' float32 copies
     x.copy_(x * cos + torch.roll(x, x.shape[-1] // 2, dims=-1) * sin)
 
 

@@ -253,8 +253,9 @@ void run(const torch::Tensor& q, const torch::Tensor& k_cache, const torch::Tens
   auto part_m = torch::empty({chunks, hkv, g}, torch::kFloat32);
   auto part_l = torch::empty({chunks, hkv, g}, torch::kFloat32);
   auto part_acc = torch::empty({chunks, hkv, g, d}, torch::kFloat32);
-  auto qf = (q.to(torch::kFloat32) * scale).contiguous();
-  const float* qp = qf.data_ptr<float>();
+  const bool dp = use_dpbf16<T>(d, g);  // the vdpbf16ps chunk reads q as it is
+  torch::Tensor qf = dp ? q : (q.to(torch::kFloat32) * scale).contiguous();
+  const float* qp = dp ? nullptr : qf.data_ptr<float>();
   const T* kp = k_cache.data_ptr<T>();
   const T* vp = v_cache.data_ptr<T>();
   float* pm = part_m.data_ptr<float>();
@@ -262,7 +263,6 @@ void run(const torch::Tensor& q, const torch::Tensor& k_cache, const torch::Tens
   float* pa = part_acc.data_ptr<float>();
   const int64_t row_stride = hkv * d;
   // One item per chunk, all its kv heads in turn: the chunk's rows are read front to back.
-  const bool dp = use_dpbf16<T>(d, g);
   const uint16_t* qb = reinterpret_cast<const uint16_t*>(q.data_ptr());
   at::parallel_for(0, chunks, 1, [&](int64_t lo, int64_t hi) {
     std::vector<float> scores(static_cast<size_t>(g * CHUNK));

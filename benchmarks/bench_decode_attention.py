@@ -4,10 +4,14 @@ SmolLM2-135M's attention shape (9 query heads, 3 kv heads of 64), bfloat16, B
 sequences of `--context` cached tokens each; every layer has its own K/V buffers,
 so the step reads B * context * 30 rows as the engine does. Slots are consecutive
 per sequence (a fresh pool's order), or a random permutation with `--scattered`
-(a long-running pool's order). Prints the median of 7 steps, the K/V read rate, and
-the largest difference from a float32 reference on layer 0.
+(a long-running pool's order). With `--in-cache` every sequence reads the same
+`--context` rows, which stay in cache: the kernel's arithmetic alone, without the
+DRAM reads. Prints the median of 7 steps, the K/V read rate (the bytes attended, so
+above DRAM bandwidth with `--in-cache`), and the largest difference from a float32
+reference on layer 0.
 
-Run: .venv/bin/python benchmarks/bench_decode_attention.py [--scattered] [--batch 1 8 32]
+Run: .venv/bin/python benchmarks/bench_decode_attention.py [--scattered | --in-cache]
+    [--batch 1 8 32]
 """
 
 from __future__ import annotations
@@ -41,15 +45,19 @@ def main() -> None:
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--context", type=int, default=1000)
     ap.add_argument("--scattered", action="store_true")
+    ap.add_argument("--in-cache", action="store_true", help="every sequence reads one set of rows")
     args = ap.parse_args()
     native = kernels()
     assert native is not None, "the native kernels did not build here"
     torch.manual_seed(0)
     for b in args.batch:
         n = b * args.context
-        ks = [torch.randn(n + 1, KV_HEADS, DIM).to(torch.bfloat16) for _ in range(LAYERS)]
-        vs = [torch.randn(n + 1, KV_HEADS, DIM).to(torch.bfloat16) for _ in range(LAYERS)]
+        rows = args.context if args.in_cache else n
+        ks = [torch.randn(rows + 1, KV_HEADS, DIM).to(torch.bfloat16) for _ in range(LAYERS)]
+        vs = [torch.randn(rows + 1, KV_HEADS, DIM).to(torch.bfloat16) for _ in range(LAYERS)]
         idx = torch.randperm(n) + 1 if args.scattered else torch.arange(1, n + 1)
+        if args.in_cache:
+            idx = torch.arange(1, args.context + 1).repeat(b)
         indptr = torch.arange(b + 1, dtype=torch.int64) * args.context
         q = torch.randn(b, HEADS, DIM).to(torch.bfloat16)
         out, _ = native.paged_decode(q, ks[0], vs[0], indptr, idx, DIM**-0.5)

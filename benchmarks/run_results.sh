@@ -102,8 +102,12 @@ for system in $SYSTEMS; do
         continue
       fi
       gguf=$("$PY" -c "from radixlm.loader import resolve_model_path as r; print(r('$MODEL'))")
+      # --slot-save-path enables POST /slots/N?action=erase, which the bench client calls
+      # before each run to empty every slot's prompt cache (nothing is saved there).
+      slots=$(mktemp -d)
       "$LLAMA_SERVER" -m "$gguf" --host 127.0.0.1 --port "$PORT" -t "$(nproc)" \
-        --parallel "$LLAMA_PARALLEL" -c $((LLAMA_PARALLEL * 2048)) >"$RECORDS/llama-server.log" 2>&1 &
+        --parallel "$LLAMA_PARALLEL" -c $((LLAMA_PARALLEL * 2048)) --slot-save-path "$slots" \
+        >"$RECORDS/llama-server.log" 2>&1 &
       SERVER_PID=$!
       wait_healthy
       bench_all llama.cpp openai --base-url "$URL" --tokenizer "$MODEL"

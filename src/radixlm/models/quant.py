@@ -14,9 +14,10 @@ The int4 kernels do one matrix-vector pass per input row, so their cost grows
 linearly with the rows of x. Past DIRECT_MAX_ROWS rows (prefill, large
 batches) an int4 layer dequantizes its weight to bfloat16 for the call and runs
 a dense matmul instead; nothing is cached, so resident memory stays quantized.
-An int8 layer does the same only where radixlm's kernel is not built: that
-kernel widens blocks of the weight to bfloat16 in cache and beats the
-dequantize-then-matmul path at every batch measured (benchmarks/epyc_zen4.md).
+An int8 layer takes that path only where radixlm's kernel is not built or lost
+to torch's at some measured batch (`native_int8_max_rows`): past 8 rows the
+kernel widens blocks of the weight to bfloat16 in cache, and on an AMD EPYC it
+beat dequantize-then-matmul at every batch up to 128 rows (benchmarks/epyc_zen4.md).
 
 Quantization from float weights (`quantize_int8`, `quantize_int4`) uses the
 row's absolute maximum (int8) and, per group, the better of a min/max and a

@@ -23,6 +23,7 @@
 #include <immintrin.h>
 #define RADIXLM_INT8_MM 1
 #endif
+#include "vec.h"
 
 #include <algorithm>
 #include <cstring>
@@ -66,22 +67,6 @@ void rows_of(const int8_t* q, const float* xf, int64_t k, int64_t n0, int64_t n1
 #ifdef __AVX512BF16__
 constexpr int64_t BLOCK_N = 16;  // weight rows widened to bfloat16 at a time (K = 576: 18 KiB)
 constexpr int TILE = 4;          // x rows and weight rows per tile
-
-// The 16 lane sums of v[0..15], as one vector (lane i = sum of v[i]).
-inline __m512 sum16(const __m512* v) {
-  __m512 a[8], b[4];
-  for (int i = 0; i < 8; ++i)  // within 128-bit lanes: [v2i 0+2, v2i+1 0+2, v2i 1+3, v2i+1 1+3]
-    a[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]),
-                         _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
-  for (int i = 0; i < 4; ++i)  // within 128-bit lanes: [v4i, v4i+1, v4i+2, v4i+3]
-    b[i] = _mm512_add_ps(_mm512_shuffle_ps(a[2 * i], a[2 * i + 1], 0x44),
-                         _mm512_shuffle_ps(a[2 * i], a[2 * i + 1], 0xEE));
-  const __m512 c = _mm512_add_ps(_mm512_shuffle_f32x4(b[0], b[1], 0x88),
-                                 _mm512_shuffle_f32x4(b[0], b[1], 0xDD));
-  const __m512 d = _mm512_add_ps(_mm512_shuffle_f32x4(b[2], b[3], 0x88),
-                                 _mm512_shuffle_f32x4(b[2], b[3], 0xDD));
-  return _mm512_add_ps(_mm512_shuffle_f32x4(c, d, 0x88), _mm512_shuffle_f32x4(c, d, 0xDD));
-}
 
 // wb[r][0..K) = q[n0 + r][0..K) as bfloat16 for r < rows; rows..BLOCK_N are zero.
 void widen_block(const int8_t* q, int64_t k, int64_t n0, int64_t rows, uint16_t* wb) {

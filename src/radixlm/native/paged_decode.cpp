@@ -116,26 +116,6 @@ void weighted_sum_heads(const T* v, const int64_t* idx, int64_t n, int64_t row_s
 #endif
 
 #if defined(__AVX512F__)
-// The lane sums of 16 vectors r[0..15], as one vector: lane i = sum of r[i]'s lanes.
-// A tree of in-lane unpacks and 128-bit shuffles: 15 adds for 16 sums, instead of 16
-// horizontal reductions.
-inline __m512 sum16(const __m512* r) {
-  __m512 x[8], y[4], z[2];
-  for (int i = 0; i < 8; ++i)  // per 128-bit lane: [a0+a2, b0+b2, a1+a3, b1+b3]
-    x[i] = _mm512_add_ps(_mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]),
-                         _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]));
-  for (int i = 0; i < 4; ++i) {  // per 128-bit lane: the lane's sums of r[4i .. 4i+3]
-    const __m512d a = _mm512_castps_pd(x[2 * i]), b = _mm512_castps_pd(x[2 * i + 1]);
-    y[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)),
-                         _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
-  }
-  for (int i = 0; i < 2; ++i)  // 128-bit lanes [L0+L1, L2+L3] of y[2i], then of y[2i+1]
-    z[i] = _mm512_add_ps(_mm512_shuffle_f32x4(y[2 * i], y[2 * i + 1], _MM_SHUFFLE(2, 0, 2, 0)),
-                         _mm512_shuffle_f32x4(y[2 * i], y[2 * i + 1], _MM_SHUFFLE(3, 1, 3, 1)));
-  return _mm512_add_ps(_mm512_shuffle_f32x4(z[0], z[1], _MM_SHUFFLE(2, 0, 2, 0)),
-                       _mm512_shuffle_f32x4(z[0], z[1], _MM_SHUFFLE(3, 1, 3, 1)));
-}
-
 // scores[h * n + t] = q_h . k_row(t) for G heads, D = 16 * NV: each key row is read and
 // widened once for all G heads; the per-key partial vectors of 16 keys are reduced
 // together by `sum16`.

@@ -156,3 +156,25 @@ def test_decode_shared_runs_use_it_and_agree_with_torch():
                                             pool.device)  # fmt: skip
     assert ref.metadata.shared_runs is None and ref.metadata.shared_batches
     assert (fast.float() - ref.attend(0, q, k, v, 0.125).float()).abs().max().item() <= 2e-2
+
+
+def head_major(cache: torch.Tensor) -> torch.Tensor:
+    """The same [S, Hkv, D] values stored [Hkv, S, D] (a head-major KVPool layer's view)."""
+    return cache.transpose(0, 1).contiguous().transpose(0, 1)
+
+
+@pytest.mark.parametrize(("heads", "kv_heads", "dim"), [(9, 3, 64), (8, 2, 128)])
+@pytest.mark.parametrize("causal", [True, False])
+def test_head_major_caches_give_the_same_bits(heads, kv_heads, dim, causal):
+    """Only the addresses differ between the layouts, so the outputs are identical."""
+    q, k_cache, v_cache, qo, kv, indices = make_batch([(700, 40), (0, 17)], heads, kv_heads, dim, 3)
+    kh, vh = head_major(k_cache), head_major(v_cache)
+    assert not kh.is_contiguous() and kh.stride(0) == dim
+    a = KERNELS.paged_extend(q, k_cache, v_cache, qo, kv, indices, dim**-0.5, causal)
+    b = KERNELS.paged_extend(q, kh, vh, qo, kv, indices, dim**-0.5, causal)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    d = KERNELS.paged_decode(q[: len(qo) - 1], kh, vh, kv, indices, dim**-0.5)
+    c = KERNELS.paged_decode(q[: len(qo) - 1], k_cache, v_cache, kv, indices, dim**-0.5)
+    assert torch.equal(c[0], d[0]) and torch.equal(c[1], d[1])
+    with pytest.raises(RuntimeError, match="one layout"):
+        KERNELS.paged_extend(q, kh, v_cache, qo, kv, indices, dim**-0.5, causal)

@@ -148,3 +148,19 @@ def test_for_model_sizes_explicitly_or_by_fraction():
         KVPool.for_model(config, torch.float32, "cpu")
     with pytest.raises(ValueError):
         KVPool.for_model(config, torch.float32, "cpu", mem_fraction=0.5, model_bytes=2**62)
+
+
+def test_head_major_pool_stores_heads_apart_and_reads_like_slot_major():
+    """Writes land at the same logical [slot, head] places in both layouts; a head-major
+    layer's kv head is one run of consecutive slots; flat_rows agree."""
+    shape = PoolShape(num_layers=2, num_kv_heads=3, head_dim=8, dtype=torch.float32)
+    pools = [KVPool(shape, 64, head_major=h) for h in (False, True)]
+    slots = torch.tensor([5, 9, 10])
+    k, v = torch.randn(3, 3, 8), torch.randn(3, 3, 8)
+    for p in pools:
+        p.set_kv(1, slots, k, v)
+    (ks, vs), (kh, vh) = (p.get_kv(1) for p in pools)
+    assert torch.equal(ks, kh) and torch.equal(vs, vh) and torch.equal(kh[slots], k)
+    assert kh.stride() == (8, kh.shape[0] * 8, 1) and ks.is_contiguous()
+    assert all(torch.equal(a, b) for a, b in zip(*(p.flat_rows(1) for p in pools), strict=True))
+    assert torch.equal(pools[1].k_buffer[:, slots], pools[0].k_buffer[:, slots])

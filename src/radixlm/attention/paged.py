@@ -50,6 +50,7 @@ from radixlm.attention.cascade import (
 from radixlm.attention.groups import AttentionGroup, plan_batch
 from radixlm.attention.window import WindowPlans, attend_window_groups
 from radixlm.attention.workspace import workspace_for
+from radixlm.config import ModelConfig
 from radixlm.kvcache.pool import KVPool
 from radixlm.native import kernels
 
@@ -218,6 +219,19 @@ def _validate(
             raise ValueError("seq_slots' new tokens disagree with out_cache_loc")
 
 
+def head_major_fits(config: ModelConfig, dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether a head-major pool suits this model: `paged_extend` fits its bfloat16 CPU pool
+    and no layer has a window or soft-capping, so the native kernels attend every batch
+    and the torch paths' `KVPool.flat_rows` (a copy of a head-major layer) is never
+    needed."""
+    native = kernels() if torch.device(device).type == "cpu" else None
+    windows = any(config.layer_window(i) is not None for i in range(config.num_layers))
+    return (
+        native is not None and dtype == torch.bfloat16 and not windows
+        and config.attn_logit_softcap is None and native.paged_extend_supported(config.head_dim)
+    )  # fmt: skip
+
+
 def extend_kernel_fits(pool: KVPool) -> bool:
     """Whether `paged_extend` can attend prefills over this pool: a bfloat16 pool on the
     CPU, and the kernel built here for its head_dim."""
@@ -291,8 +305,6 @@ class PagedContext(AttentionContext):
             return kernels().paged_extend(
                 q, k_buf, v_buf, meta.qo_indptr, meta.kv_indptr, meta.kv_indices, scale, True
             )[0]
-        d = k_buf.shape[-1]
-        k_rows, v_rows = k_buf.view(-1, d), v_buf.view(-1, d)  # [slots * Hkv, D]
         if meta.decode is not None:  # keys read in place; [T, H, D] and [T, H] LSE
             out, lse = kernels().paged_decode(q, k_buf, v_buf, *meta.decode, scale)
             if meta.shared_runs is not None:  # each group's queries over its run, in place
@@ -302,7 +314,10 @@ class PagedContext(AttentionContext):
                 )
                 merge_partials(out, lse, rows, o2, lse2)
                 return out
-            return self._merge_shared(out, lse, q, k_rows, v_rows, scale)
+            if not meta.shared_batches:
+                return out
+            return self._merge_shared(out, lse, q, *self.pool.flat_rows(layer_id), scale)
+        k_rows, v_rows = self.pool.flat_rows(layer_id)  # [slots * Hkv, D]
         if len(meta.groups) == 1 and meta.groups[0].out_index is None:
             return self._attend_group(meta.groups[0], q, k_rows, v_rows, scale)
         out = q.new_empty(q.shape)

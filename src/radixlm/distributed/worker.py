@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from radixlm.attention.paged import head_major_fits
 from radixlm.config import EngineConfig
 from radixlm.distributed.group import TPGroup
 from radixlm.distributed.plan import broadcast
@@ -34,7 +35,9 @@ def run_worker(config: EngineConfig, tp: TPGroup) -> WorkerSummary:
     loaded = load_model(config.load, progress=False, tp=tp)
     total = broadcast()  # rank 0's pool size: the same slots on every rank
     pool = KVPool.for_model(loaded.config, loaded.dtype, loaded.device,
-                            max_total_tokens=total, page_size=config.cache.page_size)  # fmt: skip
+                            max_total_tokens=total, page_size=config.cache.page_size,
+                            head_major=head_major_fits(loaded.config, loaded.dtype,
+                                                       loaded.device))  # fmt: skip
     if config.cache.debug:  # as rank 0 does (engine.setup): answer its slot-content checks
         pool.track_writes()
     runner = ModelRunner(loaded.model, pool)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from radixlm.attention.paged import head_major_fits
 from radixlm.config import EngineConfig
 from radixlm.distributed.launch import start_tp
 from radixlm.grammar import GrammarCache, make_backend
@@ -53,7 +54,8 @@ def build_runtime(
     )
     pool = KVPool.for_model(
         loaded.config, loaded.dtype, loaded.device, model_bytes=loaded.memory_bytes,
-        page_size=c.page_size, debug=c.debug, **sizing,
+        page_size=c.page_size, debug=c.debug,
+        head_major=head_major_fits(loaded.config, loaded.dtype, loaded.device), **sizing,
     )  # fmt: skip
     if c.debug:  # the integrity check also proves each cached slot holds its token's K/V
         pool.track_writes()

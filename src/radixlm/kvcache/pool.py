@@ -116,6 +116,13 @@ class KVPool:
     allocation mask and a bad free raises `PoolError` (this synchronises with
     the device; leave it off in serving). After `track_writes()`, `ledger`
     records what each slot's K/V was last written for (`kvcache.ledger`).
+
+    Layout: `k_buffer` / `v_buffer` are [layers, slots, Hkv, D] whichever way they are
+    stored. Slot-major (the default) stores them so; head-major (`head_major=True`)
+    stores [layers, Hkv, slots, D], so that the kernels' pass over one kv head of a run
+    of slots reads consecutive bytes (`benchmarks/epyc_zen4.md`). `get_kv` returns
+    views of either with unit stride along D; `flat_rows` the [slots * Hkv, D] rows the
+    torch attention paths gather from.
     """
 
     def __init__(
@@ -125,6 +132,7 @@ class KVPool:
         device: torch.device | str = "cpu",
         page_size: int = 1,
         debug: bool = False,
+        head_major: bool = False,
     ) -> None:
         if page_size < 1:
             raise ValueError("page_size must be >= 1")
@@ -136,9 +144,15 @@ class KVPool:
         self.debug = debug
         self.num_pages = max_total_tokens // page_size  # usable pages, ids 1..num_pages
         rows = (self.num_pages + 1) * page_size  # + the reserved page 0
+        self.head_major = head_major
         dims = (shape.num_layers, rows, shape.num_kv_heads, shape.head_dim)
-        self.k_buffer = _zeros(dims, shape.dtype, self.device)
-        self.v_buffer = _zeros(dims, shape.dtype, self.device)
+        if head_major:  # stored [layers, Hkv, slots, D]; seen as [layers, slots, Hkv, D]
+            stored = (shape.num_layers, shape.num_kv_heads, rows, shape.head_dim)
+            self.k_buffer = _zeros(stored, shape.dtype, self.device).transpose(1, 2)
+            self.v_buffer = _zeros(stored, shape.dtype, self.device).transpose(1, 2)
+        else:
+            self.k_buffer = _zeros(dims, shape.dtype, self.device)
+            self.v_buffer = _zeros(dims, shape.dtype, self.device)
         # (K, V) views of each layer, made once: the buffers are never reallocated, and a
         # view per call cost four `select`s per layer of a decode step.
         self._layers = list(zip(self.k_buffer.unbind(0), self.v_buffer.unbind(0), strict=True))
@@ -165,6 +179,7 @@ class KVPool:
         model_bytes: int = 0,
         page_size: int = 1,
         debug: bool = False,
+        head_major: bool = False,
     ) -> KVPool:
         """A pool shaped for `config`, sized by `max_total_tokens` or by `mem_fraction`.
 
@@ -182,7 +197,7 @@ class KVPool:
             if max_total_tokens < page_size:
                 raise ValueError(f"mem_fraction={mem_fraction} leaves no memory for the KV pool")
         assert max_total_tokens is not None
-        return cls(shape, max_total_tokens, device, page_size, debug)
+        return cls(shape, max_total_tokens, device, page_size, debug, head_major)
 
     # -- sizes ---------------------------------------------------------------
 
@@ -291,3 +306,12 @@ class KVPool:
         slot is allocated and after its K/V were written.
         """
         return self._layers[layer]
+
+    def flat_rows(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(K, V) of layer `layer` as [slots * Hkv, D] rows, row `slot * Hkv + h`: views
+        of a slot-major pool, valid as `get_kv`'s. A head-major pool returns copies of
+        the whole layer (correct, but a pool is made head-major only where the native
+        kernels attend every batch and this is never called in a step)."""
+        k, v = self._layers[layer]
+        d = self.shape.head_dim
+        return k.reshape(-1, d), v.reshape(-1, d)

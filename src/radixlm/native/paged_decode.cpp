@@ -10,7 +10,8 @@
 // the chunk's max score, exp-sum and exp-weighted V sum (float32), and a merge
 // pass combines the chunks of each (sequence, head) exactly by log-sum-exp.
 //
-// Inputs: q [B, H, D]; k_cache, v_cache [S, Hkv, D] (q's dtype: float32 or bfloat16);
+// Inputs: q [B, H, D]; k_cache, v_cache [S, Hkv, D] (q's dtype: float32 or bfloat16), unit
+// stride along D, any row and head strides (KVPool's slot-major or head-major layout);
 // kv_indptr [B + 1] int64; kv_indices [N] int64. Every sequence has >= 1 key.
 // Returns out [B, H, D] in q's dtype and lse [B, H] float32 (natural log).
 
@@ -241,7 +242,8 @@ void run(const torch::Tensor& q, const torch::Tensor& k_cache, const torch::Tens
   float* pm = part_m.data_ptr<float>();
   float* pl = part_l.data_ptr<float>();
   float* pa = part_acc.data_ptr<float>();
-  const int64_t row_stride = hkv * d;
+  // [S, Hkv, D] with unit stride along D: slot-major or head-major (KVPool's layouts)
+  const int64_t row_stride = k_cache.stride(0), head_stride = k_cache.stride(1);
   // One item per chunk, all its kv heads in turn: the chunk's rows are read front to back.
   const uint16_t* qb = reinterpret_cast<const uint16_t*>(q.data_ptr());
   at::parallel_for(0, chunks, 1, [&](int64_t lo, int64_t hi) {
@@ -253,12 +255,12 @@ void run(const torch::Tensor& q, const torch::Tensor& k_cache, const torch::Tens
       for (int64_t kh = 0; kh < hkv; ++kh) {
         const int64_t w = c * hkv + kh, qoff = (s * h + kh * g) * d;
         if (dp) {
-          attend_chunk_dp(qb + qoff, kp, vp, indices + start, n, row_stride, kh * d, g, d,
+          attend_chunk_dp(qb + qoff, kp, vp, indices + start, n, row_stride, kh * head_stride, g, d,
                           static_cast<float>(scale), scores.data(), pb.data(), pm + w * g,
                           pl + w * g, pa + w * g * d);
           continue;
         }
-        attend_chunk<T>(qp + qoff, kp, vp, indices + start, n, row_stride, kh * d, g, d,
+        attend_chunk<T>(qp + qoff, kp, vp, indices + start, n, row_stride, kh * head_stride, g, d,
                         scores.data(), pm + w * g, pl + w * g, pa + w * g * d);
       }
     }
@@ -298,7 +300,8 @@ std::vector<torch::Tensor> paged_decode(torch::Tensor q, torch::Tensor k_cache,
   TORCH_CHECK(q.scalar_type() == k_cache.scalar_type() &&
                   k_cache.scalar_type() == v_cache.scalar_type(),
               "q, k_cache and v_cache need one dtype");
-  TORCH_CHECK(k_cache.is_contiguous() && v_cache.is_contiguous(), "caches must be contiguous");
+  TORCH_CHECK(k_cache.stride(2) == 1 && k_cache.strides() == v_cache.strides(),
+              "caches need unit stride along head_dim and one layout");
   TORCH_CHECK(q.size(2) == k_cache.size(2) && q.size(2) <= MAX_D, "head_dim mismatch");
   TORCH_CHECK(q.size(1) % k_cache.size(1) == 0, "query heads must be a multiple of kv heads");
   TORCH_CHECK(kv_indptr.scalar_type() == torch::kInt64 &&

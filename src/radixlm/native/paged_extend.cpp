@@ -21,7 +21,8 @@
 // Items are taken from a shared counter, longest first, so the causal mask's uneven
 // items do not leave a thread idle.
 //
-// Inputs: q [T, H, D]; k_cache, v_cache [S, Hkv, D], all bfloat16, D = 64 or 128;
+// Inputs: q [T, H, D]; k_cache, v_cache [S, Hkv, D], all bfloat16, D = 64 or 128, unit stride
+// along D (KVPool's slot-major or head-major layout);
 // qo_indptr, kv_indptr [B + 1] int64; kv_indices int64; scale; causal.
 // Returns out [T, H, D] bfloat16 and lse [T, H] float32 (natural log).
 
@@ -247,7 +248,7 @@ void run(const torch::Tensor& q, const torch::Tensor& k_cache, const torch::Tens
   uint32_t* vp = reinterpret_cast<uint32_t*>(packed[1].data_ptr<int32_t>());
   const auto* kc = reinterpret_cast<const uint16_t*>(k_cache.data_ptr<at::BFloat16>());
   const auto* vc = reinterpret_cast<const uint16_t*>(v_cache.data_ptr<at::BFloat16>());
-  const int64_t row_stride = hkv * d;
+  const int64_t row_stride = k_cache.stride(0), head_stride = k_cache.stride(1);
   std::vector<int64_t> pack_seq, pack_t0;  // one pack item per (sequence, KB keys)
   for (int64_t s = 0; s < b; ++s)
     for (int64_t t0 = 0; t0 < kvp[s + 1] - kvp[s]; t0 += KB) {
@@ -259,8 +260,8 @@ void run(const torch::Tensor& q, const torch::Tensor& k_cache, const torch::Tens
       const int64_t s = pack_seq[w], n = kvp[s + 1] - kvp[s];
       for (int64_t kh = 0; kh < hkv; ++kh) {
         const int64_t base = lay.base(s, kh);
-        pack_block(kc + kh * d, vc + kh * d, idx + kvp[s], pack_t0[w], n, row_stride, d,
-                   kt + base, vp + base);
+        pack_block(kc + kh * head_stride, vc + kh * head_stride, idx + kvp[s], pack_t0[w], n,
+                   row_stride, d, kt + base, vp + base);
       }
     }
   });
@@ -303,7 +304,8 @@ std::vector<torch::Tensor> paged_extend(torch::Tensor q, torch::Tensor k_cache,
   TORCH_CHECK(q.scalar_type() == torch::kBFloat16 && k_cache.scalar_type() == torch::kBFloat16 &&
                   v_cache.scalar_type() == torch::kBFloat16,
               "paged_extend needs bfloat16 q, k_cache and v_cache");
-  TORCH_CHECK(k_cache.is_contiguous() && v_cache.is_contiguous(), "caches must be contiguous");
+  TORCH_CHECK(k_cache.stride(2) == 1 && k_cache.strides() == v_cache.strides(),
+              "caches need unit stride along head_dim and one layout");
   TORCH_CHECK(paged_extend_supported(q.size(2)) && q.size(2) == k_cache.size(2),
               "paged_extend is not built for this head_dim");
   TORCH_CHECK(q.size(1) % k_cache.size(1) == 0, "query heads must be a multiple of kv heads");

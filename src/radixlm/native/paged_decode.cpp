@@ -78,6 +78,15 @@ inline float exp_sum(float* x, int64_t n, float m) {
   return l;
 }
 
+// One head's scores sh[0..n) become exp(s - m) in place; m_out = m (their max), l_out =
+// their sum: the chunk's partial softmax.
+inline void softmax_partial(float* sh, int64_t n, float* m_out, float* l_out) {
+  float m = -std::numeric_limits<float>::infinity();
+  for (int64_t t = 0; t < n; ++t) m = std::max(m, sh[t]);
+  *m_out = m;
+  *l_out = exp_sum(sh, n, m);
+}
+
 #if defined(__AVX512F__)
 // acc[h] (h < HB) += sum_t p[h * n + t] * v_row(t), for D = 16 * NV, accumulators in registers.
 template <typename T, int NV, int HB>
@@ -190,11 +199,7 @@ void attend_chunk(const float* q, const T* k, const T* v, const int64_t* idx, in
     prefetch_row(v + head_off + idx[t] * row_stride, d);
 #endif
   for (int64_t h = 0; h < g; ++h) {
-    float* sh = scores + h * n;
-    float m = -std::numeric_limits<float>::infinity();
-    for (int64_t t = 0; t < n; ++t) m = std::max(m, sh[t]);
-    m_out[h] = m;
-    l_out[h] = exp_sum(sh, n, m);
+    softmax_partial(scores + h * n, n, m_out + h, l_out + h);
     std::fill(acc + h * d, acc + (h + 1) * d, 0.f);
   }
 #if defined(__AVX512F__)

@@ -1,5 +1,5 @@
 // The vdpbf16ps chunk of paged_decode.cpp (included there, inside its namespace, after the
-// helpers it uses: PREFETCH, prefetch_row, sum16, exp_sum; part of the build key).
+// helpers it uses: PREFETCH, prefetch_row, sum16, softmax_partial; part of the build key).
 //
 // On a bfloat16 pool with AVX512-BF16, d = 32 * NB: vdpbf16ps multiplies bfloat16 pairs
 // exactly and adds in float32, so K and V are never widened to float32; the probabilities
@@ -91,10 +91,7 @@ void attend_chunk_bf16(const uint16_t* q, const uint16_t* k, const uint16_t* v,
   for (int64_t t = 0; t < std::min(PREFETCH, n); ++t) prefetch_row(v + idx[t] * row_stride, d);
   for (int64_t h = 0; h < g; ++h) {
     float* sh = scores + h * n;
-    float m = -std::numeric_limits<float>::infinity();
-    for (int64_t t = 0; t < n; ++t) m = std::max(m, sh[t]);
-    m_out[h] = m;
-    l_out[h] = exp_sum(sh, n, m);
+    softmax_partial(sh, n, m_out + h, l_out + h);
     uint16_t* ph = pb + h * ps;
     int64_t t = 0;
     for (; t + 16 <= n; t += 16)

@@ -71,7 +71,7 @@ class HttpBackend:
 
     async def warmup(self, ids: Sequence[int]) -> str | None:
         """One short request, then empty the server's prefix cache, so that no earlier
-        run's prompts are cached. Returns how it was emptied (`flush_routes`), or None
+        run's prompts are cached. Returns how it was emptied (`flush_cache`), or None
         where the server offers no way (then a cached prefix may be an earlier run's)."""
         res = await self.generate(-1, (Part("user", tuple(ids)),), 2)
         if res.error is not None:

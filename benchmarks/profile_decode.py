@@ -16,6 +16,8 @@ Two passes over the same steps:
    sampling, detokenization): these are the ms per step reported;
 2. `torch.profiler`, whose per-operator times split the model's share into
    weight matmuls, attention (K/V writes, gathers, SDPA) and elementwise ops.
+   Where the native layer loop (`models.decode_stack`) runs the layers, its
+   attention is the profiler's "native::attention" ranges, scaled the same way.
    The profiler inflates small ops, so pass 2 gives proportions, scaled onto
    the model time of pass 1.
 "Python" is the step time no operator accounts for: scheduler bookkeeping,
@@ -162,7 +164,8 @@ def start_batch(args: argparse.Namespace, batch: int) -> Any:
 
 
 def categorise(prof: torch.profiler.profile) -> dict[str, float]:
-    """Profiled seconds inside the model (less setup and attention): matmul, elementwise, python.
+    """Profiled seconds inside the model (less setup and attention): matmul, elementwise,
+    attention (the native layer loop's) and python.
 
     An operator counts once, at the top level (not inside another operator);
     "python" is the model range's time that no operator accounts for.
@@ -178,8 +181,9 @@ def categorise(prof: torch.profiler.profile) -> dict[str, float]:
             parent = parent.cpu_parent
         if parent is None or parent.name != "stage::model" or not ev.name.startswith(OPS):
             continue  # outside the model, inside another operator, or a stage range itself
-        out["matmul" if ev.name in MATMUL_OPS else "elementwise"] += secs
-    out["python"] = max(0.0, out["wall"] - out["matmul"] - out["elementwise"])
+        kind = "attention" if ev.name == "native::attention" else "elementwise"
+        out["matmul" if ev.name in MATMUL_OPS else kind] += secs
+    out["python"] = max(0.0, out["wall"] - out["matmul"] - out["elementwise"] - out["attention"])
     return out
 
 
@@ -196,9 +200,11 @@ def profile_batch(args: argparse.Namespace, batch: int) -> dict[str, float]:
             sched.step()
     cats = categorise(p)
     # The model's wall time less batch setup and attention, split by pass 2's proportions.
-    inner = t["model"] - t["setup"] - t["attention"]
-    share = {k: inner * cats[k] / cats["wall"] for k in ("matmul", "elementwise", "python")}
-    row = {"step": t["step"], "attention": t["attention"], "setup": t["setup"], **share}
+    inner = t["model"] - t["setup"] - t.get("attention", 0.0)
+    parts = ("matmul", "elementwise", "python", "attention")
+    share = {k: inner * cats[k] / cats["wall"] for k in parts}
+    share["attention"] += t.get("attention", 0.0)  # the modules' attention, timed in pass 1
+    row = {"step": t["step"], "setup": t["setup"], **share}
     row["sampling"], row["detokenize"] = t.get("sampling", 0.0), t.get("detokenize", 0.0)
     row["scheduler"] = t["step"] - t["model"] - row["sampling"] - row["detokenize"]
     row["weight_mib"] = runtime.loaded.memory_bytes / 2**20

@@ -15,7 +15,8 @@ sequence's K/V live. It knows nothing about requests.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +26,7 @@ from radixlm.attention.base import AttentionContext
 from radixlm.config import ModelConfig
 from radixlm.distributed.group import TPGroup
 from radixlm.models import weights as W
+from radixlm.models.decode_stack import DecodeStack
 from radixlm.models.fast_module import FastModule
 from radixlm.models.moe import MoEBlock
 from radixlm.models.ops import (
@@ -186,6 +188,7 @@ class LlamaForCausalLM(FastModule):
         self.lm_head = (
             VocabParallelHead(hidden, v, tp) if tp else nn.Linear(hidden, v, bias=False)
         )
+        self._stack: DecodeStack | bool | None = None  # built on first use; False: none fits
         self.tie_weights()
         device = self.embed_tokens.weight.device
         self.init_rotary(torch.device("cpu") if device.type == "meta" else device)
@@ -208,6 +211,7 @@ class LlamaForCausalLM(FastModule):
 
         Call again after anything that re-materialises parameters (e.g. `to_empty`).
         """
+        self._stack = None  # it holds the old tensors
         if self.config.tie_word_embeddings and isinstance(self.lm_head, nn.Linear):
             self.lm_head.weight = self.embed_tokens.weight
 
@@ -218,11 +222,14 @@ class LlamaForCausalLM(FastModule):
         positions: torch.Tensor,
         ctx: AttentionContext,
         logits_indices: torch.Tensor | None = None,
+        native_layers: bool = True,
     ) -> torch.Tensor:
         """Run the flat batch; return float32 logits [N, vocab].
 
         input_ids, positions: [T] int64. `logits_indices` selects which of the T
         rows get logits (e.g. the last token of each sequence); None means all.
+        With `native_layers`, a decode batch the native layer loop covers runs through
+        it (`models.decode_stack`: the same values as the modules, faster).
         """
         c = self.config
         x = self.embed_tokens(input_ids)  # [T, hidden]
@@ -234,8 +241,12 @@ class LlamaForCausalLM(FastModule):
         if self.local_rotary is not None:
             local = rope_tables(*self.local_rotary.cos_sin(positions, lens, x.dtype), x)
         delta = None
-        for layer in self.layers:
-            delta = layer(x, delta, local if layer.sliding else rope, ctx)
+        stack = self._decode_stack(x, ctx) if native_layers else None
+        if stack is not None:
+            delta = stack.run(x, rope, ctx)
+        else:
+            for layer in self.layers:
+                delta = layer(x, delta, local if layer.sliding else rope, ctx)
         if delta is not None:
             x.add_(delta)
         if logits_indices is not None:
@@ -318,3 +329,14 @@ class LlamaForCausalLM(FastModule):
                 total, active = m.expert_bytes()
                 idle += total - active
         return self.memory_bytes() - idle
+
+    def _decode_stack(self, x: torch.Tensor, ctx: AttentionContext) -> DecodeStack | None:
+        """The native layer loop when it covers this model and can run this forward."""
+        if self._stack is None:
+            self._stack = DecodeStack.build(self) or False
+        stack = self._stack
+        return stack if isinstance(stack, DecodeStack) and stack.applies(x, ctx) else None
+
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> Any:
+        self._stack = None  # `.to()` and friends replace the tensors it holds
+        return super()._apply(fn, recurse)

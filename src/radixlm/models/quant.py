@@ -233,6 +233,10 @@ class WeightOnlyLinear(FastModule):
         """Rows of x up to which `direct` beats dequantize-then-matmul."""
         return DIRECT_MAX_ROWS
 
+    def native_rows(self) -> int:
+        """Rows of x up to which `direct` calls radixlm's kernel rather than torch's."""
+        return 0
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         limit = self.direct_rows()
         plain = x.dim() == 2 and x.dtype == torch.bfloat16 and self.bias is None
@@ -265,12 +269,13 @@ class Int8Linear(WeightOnlyLinear):
         return self.qweight[idx].float() * self.scale[idx, None].float()
 
     def direct_rows(self) -> int:
-        if self.in_features % 16 == 0:
-            return max(DIRECT_MAX_ROWS, native_int8_max_rows())
-        return DIRECT_MAX_ROWS
+        return max(DIRECT_MAX_ROWS, self.native_rows())
+
+    def native_rows(self) -> int:
+        return native_int8_max_rows() if self.in_features % 16 == 0 else 0
 
     def direct(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[0] <= native_int8_max_rows() and self.in_features % 16 == 0:
+        if x.shape[0] <= self.native_rows():
             return kernels().int8_mm(x, self.qweight, self.scale)
         return torch.ops.aten._weight_int8pack_mm(x, self.qweight, self.scale)
 
@@ -309,8 +314,11 @@ class Int4Linear(WeightOnlyLinear):
         scale, zero = sz[..., 0].t()[..., None], sz[..., 1].t()[..., None]  # [N, K/g, 1]
         return ((q - 8) * scale + zero).reshape(n, k).to(torch.bfloat16)
 
+    def native_rows(self) -> int:
+        return native_int4_max_rows()
+
     def direct(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[0] <= native_int4_max_rows():
+        if x.shape[0] <= self.native_rows():
             return kernels().int4_mm(x, self.packed, self.scales_zeros, self.group)
         return torch.ops.aten._weight_int4pack_mm_for_cpu(
             x, self.packed, self.group, self.scales_zeros

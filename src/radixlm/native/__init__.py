@@ -19,6 +19,8 @@ Functions of the module (see each .cpp file's header for shapes):
   (the output head; any rows, tiled in bfloat16 past 8 with AVX512-BF16); `int8_mm_supported()`
   (AVX-512)
 - `rms_norm`, `add_rms_norm`, `rope_`, `silu_mul`: the decoder's fused elementwise ops
+- `DecodeStack(norms, linears, heads, kv_heads, head_dim, eps, scale)`: every decoder layer
+  of a decode step in one call, `.run(...)` (`models.decode_stack` builds and calls it)
 
 `remembered(name, measure)` keeps a per-build measurement (a kernel crossover) beside
 the build, so it is measured once per machine.
@@ -44,9 +46,10 @@ log = logging.getLogger(__name__)
 
 _SOURCES = (
     "paged_decode.cpp", "paged_extend.cpp", "int4_dequant.cpp", "int4_mm.cpp", "int8_mm.cpp",
-    "fused.cpp",
+    "fused.cpp", "decode_stack.cpp",
 )
-_HEADERS = ("vec.h", "paged_decode_bf16.h")  # included by the sources: part of the build key
+# included by the sources: part of the build key
+_HEADERS = ("vec.h", "paged_decode_bf16.h", "kernels.h")
 _FLAGS = ["-O3", "-march=native", "-fopenmp", "-ffast-math", "-fno-finite-math-only"]
 
 

@@ -21,6 +21,7 @@
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
+#include "kernels.h"
 #include "vec.h"
 
 #include <algorithm>
@@ -328,25 +329,6 @@ std::vector<torch::Tensor> paged_decode(torch::Tensor q, torch::Tensor k_cache,
   return {out, lse};
 }
 
-void int4_dequantize(torch::Tensor packed, torch::Tensor scales_zeros, torch::Tensor out_t,
-                     int64_t group);  // int4_dequant.cpp
-torch::Tensor int4_mm(torch::Tensor x, torch::Tensor packed, torch::Tensor scales_zeros,
-                      int64_t group);  // int4_mm.cpp
-bool int4_mm_supported();
-std::vector<torch::Tensor> paged_extend(torch::Tensor q, torch::Tensor k_cache,
-                                        torch::Tensor v_cache, torch::Tensor qo_indptr,
-                                        torch::Tensor kv_indptr, torch::Tensor kv_indices,
-                                        double scale, bool causal);  // paged_extend.cpp
-bool paged_extend_supported(int64_t d);
-torch::Tensor int8_mm(torch::Tensor x, torch::Tensor q, torch::Tensor scale);  // int8_mm.cpp
-bool int8_mm_supported();
-
-// fused.cpp
-torch::Tensor rms_norm(torch::Tensor x, torch::Tensor w, double eps);
-torch::Tensor add_rms_norm(torch::Tensor x, torch::Tensor delta, torch::Tensor w, double eps);
-void rope_(torch::Tensor qkv, torch::Tensor cos, torch::Tensor sin, int64_t rotary_heads);
-torch::Tensor silu_mul(torch::Tensor gu);
-
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rms_norm", &rms_norm, "RMSNorm (CPU)");
   m.def("add_rms_norm", &add_rms_norm, "x += delta, then RMSNorm (CPU)");
@@ -360,4 +342,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("int8_mm", &int8_mm, "x @ (q * scale).T for an int8 [N, K] weight (CPU)");
   m.def("int8_mm_supported", &int8_mm_supported, "whether int8_mm was built here");
   m.def("int4_mm_supported", &int4_mm_supported, "whether int4_mm was built here");
+  bind_decode_stack(m);
 }

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/profile_decode.py [--model smollm2-135m-instruct] \
         [--dtype auto] [--quantization auto] [--batch 1,8,32] [--context 1000] [--steps 20] \
-        [--shared 0 --groups 4]
+        [--shared 0 --groups 4] [--modules]
 
 For each batch size B it builds the engine's runtime (model, KV pool, radix
 cache, scheduler), admits B requests of `--context` random prompt tokens,
@@ -21,7 +21,8 @@ Two passes over the same steps:
    The profiler inflates small ops, so pass 2 gives proportions, scaled onto
    the model time of pass 1.
 "Python" is the step time no operator accounts for: scheduler bookkeeping,
-module calls and tensor set-up.
+module calls and tensor set-up. `--modules` runs the layers through the Python
+modules instead of the native layer loop, the baseline it is measured against.
 
 It also prints the weight-read bound: the bytes of the weights divided by the
 read bandwidth this machine measures for a large tensor, the floor of a
@@ -45,6 +46,7 @@ from radixlm.attention.paged import PagedContext
 from radixlm.config import build_engine_config
 from radixlm.engine.setup import build_runtime
 from radixlm.executor.model_runner import ModelRunner
+from radixlm.models.llama import LlamaForCausalLM
 from radixlm.native import kernels
 from radixlm.sampling.params import SamplingParams
 from radixlm.scheduler.finisher import Finisher
@@ -233,7 +235,11 @@ def main() -> None:
     ap.add_argument("--shared", type=int, default=0,
                     help="the first SHARED tokens of each prompt are its group's (cascade)")
     ap.add_argument("--groups", type=int, default=4, help="groups of prompts with --shared")
+    ap.add_argument("--modules", action="store_true",
+                    help="the layers through the modules, not the native layer loop")
     args = ap.parse_args()
+    if args.modules:
+        LlamaForCausalLM._decode_stack = lambda *a: None  # type: ignore[method-assign]
     bw = read_bandwidth()
     rows = {int(b): profile_batch(args, int(b)) for b in args.batch.split(",")}
     weight_bytes = next(iter(rows.values()))["weight_mib"] * 2**20
@@ -241,6 +247,7 @@ def main() -> None:
     print(f"Machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; model {args.model}, dtype {args.dtype}, "
           f"quantization {args.quantization}; context {args.context} tokens; "
+          f"layers through {'the modules' if args.modules else 'the native loop'}; "
           f"{args.steps} steps per batch.")  # fmt: skip
     print(f"\nWeights {weight_bytes / 2**20:.1f} MiB; read bandwidth {bw / 1e9:.1f} GB/s; "
           f"weight-read bound {bound_ms:.2f} ms per step.\n")

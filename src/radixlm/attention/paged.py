@@ -219,28 +219,31 @@ def _validate(
             raise ValueError("seq_slots' new tokens disagree with out_cache_loc")
 
 
+def _extend_kernel_builds(dtype: torch.dtype, device: torch.device, head_dim: int) -> bool:
+    """Whether `paged_extend` runs here for a pool of `dtype` on `device`: bfloat16 on the
+    CPU, and the kernel built for `head_dim`."""
+    native = kernels() if torch.device(device).type == "cpu" else None
+    if native is None or dtype != torch.bfloat16:
+        return False
+    return native.paged_extend_supported(head_dim)
+
+
 def head_major_fits(config: ModelConfig, dtype: torch.dtype, device: torch.device) -> bool:
     """Whether a head-major pool suits this model: `paged_extend` fits its bfloat16 CPU pool
     and no layer has a window or soft-capping, so the native kernels attend every batch
     and the torch paths' `KVPool.flat_rows` (a copy of a head-major layer) is never
     needed."""
-    native = kernels() if torch.device(device).type == "cpu" else None
     windows = any(config.layer_window(i) is not None for i in range(config.num_layers))
     return (
-        native is not None and dtype == torch.bfloat16 and not windows
-        and config.attn_logit_softcap is None and native.paged_extend_supported(config.head_dim)
+        not windows and config.attn_logit_softcap is None
+        and _extend_kernel_builds(dtype, device, config.head_dim)
     )  # fmt: skip
 
 
 def extend_kernel_fits(pool: KVPool) -> bool:
     """Whether `paged_extend` can attend prefills over this pool: a bfloat16 pool on the
     CPU, and the kernel built here for its head_dim."""
-    native = kernels() if pool.device.type == "cpu" else None
-    return (
-        native is not None
-        and pool.shape.dtype == torch.bfloat16
-        and native.paged_extend_supported(pool.shape.head_dim)
-    )
+    return _extend_kernel_builds(pool.shape.dtype, pool.device, pool.shape.head_dim)
 
 
 class PagedContext(AttentionContext):

@@ -43,11 +43,10 @@ def _spec(linear: nn.Module) -> Spec | None:
 class DecodeStack:
     """The native layer loop of one model; build with `DecodeStack.build`."""
 
-    def __init__(self, native: object, max_rows: int, quantized: bool, dtype: torch.dtype) -> None:
+    def __init__(self, native: object, max_rows: int, dtype: torch.dtype) -> None:
         self.native = native
         self.max_rows = max_rows  # the fewest rows any linear takes on its direct path
-        self.quantized = quantized
-        self.dtype = dtype
+        self.dtype = dtype  # of the weights and of x
 
     @classmethod
     def build(cls, model: nn.Module) -> DecodeStack | None:
@@ -79,24 +78,26 @@ class DecodeStack:
                 return None
             specs.append(spec)
         quant = [lin for lin in linears if isinstance(lin, WeightOnlyLinear)]
+        if quant and norms[0].dtype != torch.bfloat16:  # the quantized kernels take bf16 x
+            return None
         attn = model.layers[0].self_attn
         handle = native.DecodeStack(
             norms, specs, attn.num_heads, attn.num_kv_heads, attn.head_dim,
             model.layers[0].input_layernorm.eps, attn.scale,
         )  # fmt: skip
         max_rows = min((lin.direct_rows() for lin in quant), default=1 << 62)
-        return cls(handle, max_rows, bool(quant), norms[0].dtype)
+        return cls(handle, max_rows, norms[0].dtype)
 
     def applies(self, x: torch.Tensor, ctx: AttentionContext) -> bool:
         """Whether `run` can take this forward: x [T, hidden] on the CPU in the weights'
-        dtype (bfloat16 where a linear is quantized), at most `max_rows` rows, and `ctx`
-        a decode batch that `paged_decode` reads in place, over a pool of x's dtype."""
+        dtype, at most `max_rows` rows, and `ctx` a decode batch that `paged_decode` reads
+        in place, over a pool of x's dtype."""
         if not isinstance(ctx, PagedContext) or x.device.type != "cpu" or x.dtype != self.dtype:
             return False
         meta = ctx.metadata
         if meta.decode is None or meta.shared_batches or ctx.pool.shape.dtype != x.dtype:
             return False
-        return x.shape[0] <= self.max_rows and (not self.quantized or x.dtype == torch.bfloat16)
+        return x.shape[0] <= self.max_rows
 
     def run(self, x: torch.Tensor, rope: Rope, ctx: PagedContext) -> torch.Tensor:
         """Every layer over x [T, hidden] (the residual stream, updated in place) as

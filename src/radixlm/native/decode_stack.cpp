@@ -123,6 +123,11 @@ class DecodeStack {
     const int64_t layers = num_layers(), t = x.size(0);
     TORCH_CHECK(k_pool.dim() == 4 && k_pool.size(0) == layers && v_pool.sizes() == k_pool.sizes(),
                 "the pool's K and V must be [layers, slots, Hkv, D]");
+    TORCH_CHECK(k_pool.scalar_type() == x.scalar_type() && k_pool.size(2) == hkv_ &&
+                    k_pool.size(3) == d_ && k_pool.stride(3) == 1 &&
+                    k_pool.strides() == v_pool.strides(),
+                "the pool must match x's dtype and the heads, with unit stride along D, "
+                "K and V in one layout");
     TORCH_CHECK(shared.empty() || shared.size() == 4, "shared runs: rows, qo, kv, slots");
     TORCH_CHECK(out_loc.scalar_type() == torch::kInt64 && out_loc.is_contiguous() &&
                     out_loc.numel() == t, "out_loc must be [T] int64");
@@ -148,9 +153,6 @@ class DecodeStack {
                        const torch::Tensor& kv_indptr, const torch::Tensor& kv_indices,
                        const std::vector<torch::Tensor>& shared) const {
     RECORD_FUNCTION("native::attention", std::vector<c10::IValue>());
-    TORCH_CHECK(k_layer.scalar_type() == qkv.scalar_type() && k_layer.stride(2) == 1 &&
-                    k_layer.strides() == v_layer.strides() && k_layer.size(1) == hkv_,
-                "pool views must match qkv's dtype and share one layout");
     auto q = qkv.narrow(1, 0, h_);
     store_kv(qkv.narrow(1, h_, hkv_), qkv.narrow(1, h_ + hkv_, hkv_), k_layer, v_layer, out_loc);
     auto parts = paged_decode(q, k_layer, v_layer, kv_indptr, kv_indices, scale_);

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from radixlm.config import (
+    ACTIVATION_MODES,
     QUANTIZATION_MODES,
     REASONING_PARSERS,
     TOOL_CALL_PARSERS,
@@ -50,6 +51,15 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         choices=QUANTIZATION_MODES,
         help="weight-only quantization (auto: a GGUF file runs in its own precision, "
         "Q8_0 as int8 and Q4_x as int4, when the compute dtype is bfloat16; none: dense)",
+    )
+    g.add_argument(
+        "--activations",
+        default="auto",
+        choices=ACTIVATION_MODES,
+        help="what int4 layers multiply in on batches past the decode kernel's rows (prefill): "
+        "int8 quantizes them per group of 32 inputs, as llama.cpp does, and sums the "
+        "products in int32 (AVX512-VNNI); bfloat16 dequantizes the weight for a dense "
+        "matmul; auto: int8 where that kernel is built",
     )
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (auto: cuda if present)")
 
@@ -179,7 +189,8 @@ def _add_trace_args(p: argparse.ArgumentParser) -> None:
 def server_config_from_args(ns: argparse.Namespace) -> ServerConfig:
     """Validate parsed server flags into a ServerConfig; raises ValueError naming the flag."""
     engine: dict[str, Any] = {"model": ns.model, "dtype": ns.dtype, "device": ns.device,
-                              "quantization": ns.quantization}  # fmt: skip
+                              "quantization": ns.quantization,
+                              "activations": ns.activations}  # fmt: skip
     for name in ("schedule_policy", "disable_radix_cache", "cache_dir", "cache_dir_max_gb",
                  "kv_events_config", "tp_size", "nnodes", "node_rank", "dist_init_addr",
                  "grammar_backend",
@@ -480,5 +491,5 @@ def chat_config_from_args(ns: argparse.Namespace) -> ChatConfig:
             seed=ns.seed,
         )
     load = LoadConfig(model=ns.model, dtype=ns.dtype, device=ns.device,
-                      quantization=ns.quantization)  # fmt: skip
+                      quantization=ns.quantization, activations=ns.activations)  # fmt: skip
     return ChatConfig(load=load, params=params, prompt=ns.prompt, system=ns.system, raw=ns.raw)

@@ -24,6 +24,7 @@ SUPPORTED_ARCHITECTURES = (
     "mixtral", "qwen2_moe", "qwen3_moe",
 )  # fmt: skip
 QUANTIZATION_MODES = ("auto", "none", "int8", "int4")  # --quantization
+ACTIVATION_MODES = ("auto", "bfloat16", "int8")  # --activations
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -201,6 +202,7 @@ class LoadConfig:
     device: str = "auto"  # "auto" = cuda when available, else cpu
     tokenizer: str | None = None  # a HF directory; default: the model's own
     quantization: str = "auto"  # one of QUANTIZATION_MODES; see loader.quantize
+    activations: str = "auto"  # one of ACTIVATION_MODES; see loader.quantize
     # tensor parallelism (radixlm.distributed): tp_size ranks over nnodes hosts, rank 0 on
     # node 0 schedules; dist_init_addr "host:port" is rank 0's rendezvous (default: loopback)
     tp_size: int = 1
@@ -219,6 +221,11 @@ class LoadConfig:
             raise ValueError(
                 f"quantization: unknown mode {self.quantization!r}; "
                 f"choose one of {', '.join(QUANTIZATION_MODES)}"
+            )
+        if self.activations not in ACTIVATION_MODES:
+            raise ValueError(
+                f"activations: unknown mode {self.activations!r}; "
+                f"choose one of {', '.join(ACTIVATION_MODES)}"
             )
 
     def resolved_device(self) -> torch.device:
@@ -372,7 +379,7 @@ class ChatConfig:
         """The `radixlm.Engine` keyword options of this chat."""
         load = self.load
         return {"model": load.model, "dtype": load.dtype, "device": load.device,
-                "quantization": load.quantization}  # fmt: skip
+                "quantization": load.quantization, "activations": load.activations}  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -63,7 +63,7 @@ def build_runtime(
     attach_kv_events(cache, c.kv_events_config)  # KV events (kvcache.events), if asked
     if c.cache_dir is not None and isinstance(cache, RadixCache):
         attach_disk_tier(cache, c.cache_dir, c.cache_dir_max_gb, loaded.path,
-                         loaded.quantization, loaded.device)  # fmt: skip
+                         loaded.precision, loaded.device)  # fmt: skip
     eos = tuple(dict.fromkeys(
         (tokenizer.eos_token_ids if tokenizer else ()) + loaded.config.eos_token_ids
     ))  # fmt: skip

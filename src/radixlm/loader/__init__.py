@@ -13,7 +13,12 @@ import torch
 from radixlm.config import LoadConfig, ModelConfig
 from radixlm.distributed.group import TPGroup
 from radixlm.hugepages import pack_buffers
-from radixlm.loader.quantize import QuantizingLoader, choose_quantization
+from radixlm.loader.quantize import (
+    QuantizingLoader,
+    choose_activations,
+    choose_quantization,
+    set_activations,
+)
 from radixlm.models.llama import LlamaForCausalLM
 from radixlm.models.parallel import local_config, shard_weights
 from radixlm.models.quant import WeightOnlyLinear
@@ -80,6 +85,12 @@ class LoadedModel:
     dtype: torch.dtype
     device: torch.device
     quantization: str = "none"  # the weight mode in use: none, int8 or int4
+    activations: str = "bfloat16"  # what int4 layers multiply in on wide batches: or int8
+
+    @property
+    def precision(self) -> str:
+        """The weights' and activations' formats, as one name ("int4", "int4-a8")."""
+        return self.quantization + ("-a8" if self.activations == "int8" else "")
 
     @property
     def memory_bytes(self) -> int:
@@ -98,6 +109,7 @@ def load_model(load: LoadConfig, progress: bool = True, tp: TPGroup | None = Non
     (dtype, why), device = load.dtype_choice(), load.resolved_device()
     start = time.perf_counter()
     mode, quant_why = choose_quantization(load.quantization, path, dtype, device)
+    activations, act_why = choose_activations(load.activations, mode)
     if tp is not None and tp.size > 1:
         if mode != "none" or dtype != torch.float32:
             raise ValueError("--tp > 1 needs --dtype float32 and --quantization none for now")
@@ -118,11 +130,14 @@ def load_model(load: LoadConfig, progress: bool = True, tp: TPGroup | None = Non
     model.load_weights(quantizer.filter(weights) if quantizer else weights)
     if quantizer is not None:
         quantizer.install()
+        set_activations(model, activations)
         if device.type == "cpu":  # read every step: one block on huge pages
             pack_buffers([m for m in model.modules() if isinstance(m, WeightOnlyLinear)])
     model = model.eval().requires_grad_(False)
     model.init_rotary(device)  # float32 tables, built on the meta device at construction
     weights_desc = "dense" if mode == "none" else f"{mode} weight-only ({quant_why})"
+    if activations == "int8":
+        weights_desc += f", int8 activations past the decode rows ({act_why})"
     log.info(
         "loaded %s (%s) in %.1fs: %.1f MiB of weights (file %.1f MiB), %s weights, "
         "%s compute (%s) on %s",
@@ -137,7 +152,7 @@ def load_model(load: LoadConfig, progress: bool = True, tp: TPGroup | None = Non
             model.active_memory_bytes() / 2**20, model.memory_bytes() / 2**20,
         )  # fmt: skip
     return LoadedModel(model=model, config=config, path=path, dtype=dtype, device=device,
-                       quantization=mode)  # fmt: skip
+                       quantization=mode, activations=activations)  # fmt: skip
 
 
 def _iter_weights(path: Path, config: ModelConfig, progress: bool):

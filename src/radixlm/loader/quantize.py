@@ -31,6 +31,7 @@ from radixlm.models.quant import (
     Int8Embedding,
     Int8Linear,
     int4_supported,
+    int8_activations_supported,
     quantize_int4,
     quantize_int8,
 )
@@ -79,6 +80,31 @@ def choose_quantization(
         return "none", f"auto: {dtype} compute runs dequantized weights"
     mode = gguf_weight_mode(path)
     return mode, f"auto: the GGUF file's own precision ({mode})"
+
+
+def choose_activations(requested: str, mode: str) -> tuple[str, str]:
+    """(activations "bfloat16" | "int8", why) for `--activations requested` (one of
+    ACTIVATION_MODES) with weight mode `mode`: what int4 layers multiply in past the
+    decode kernel's rows. int8 needs int4 weights and the `int4_mm_q8` kernel; "auto"
+    takes it where both are there. Asking for int8 without them is a ValueError."""
+    if requested == "bfloat16":
+        return "bfloat16", "as asked"
+    if mode != "int4":
+        if requested == "int8":
+            raise ValueError(f"activations: int8 needs --quantization int4 (got {mode})")
+        return "bfloat16", "auto: no int4 layers"
+    if not int8_activations_supported():
+        if requested == "int8":
+            raise ValueError("activations: int8 needs AVX512-VNNI, AVX512-VBMI and AVX512-BF16")
+        return "bfloat16", "auto: no int8 kernel on this CPU"
+    return "int8", "as asked" if requested == "int8" else "auto: AVX512-VNNI"
+
+
+def set_activations(model: nn.Module, activations: str) -> None:
+    """Make every int4 layer of `model` take `activations` ("bfloat16" or "int8")."""
+    for module in model.modules():
+        if isinstance(module, Int4Linear):
+            module.int8_activations = activations == "int8"
 
 
 class QuantizingLoader:

@@ -12,8 +12,11 @@ Two formats, both with bfloat16 activations (the kernels are ~10x slower on floa
 
 The int4 kernels do one matrix-vector pass per input row, so their cost grows
 linearly with the rows of x. Past DIRECT_MAX_ROWS rows (prefill, large
-batches) an int4 layer dequantizes its weight to bfloat16 for the call and runs
-a dense matmul instead; nothing is cached, so resident memory stays quantized.
+batches) an int4 layer with `int8_activations` quantizes x to int8 per row and
+group and sums the products in int32 (`native/int4_mm_q8.cpp`, ~1.5x a dense
+bfloat16 matmul on AVX512-VNNI); otherwise it dequantizes its weight to
+bfloat16 for the call and runs a dense matmul. Nothing is cached, so resident
+memory stays quantized.
 An int8 layer takes that path only where radixlm's kernel is not built or lost
 to torch's at some measured batch (`native_int8_max_rows`): past 8 rows the
 kernel widens blocks of the weight to bfloat16 in cache, and on an AMD EPYC it
@@ -160,6 +163,12 @@ def _crossover(
     return rows
 
 
+def int8_activations_supported() -> bool:
+    """Whether int4 layers can take int8 activations here (`int4_mm_q8` is built)."""
+    native = kernels()
+    return native is not None and native.int4_mm_q8_supported()
+
+
 def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(q [N, K] int8, scale [N] float32) with w ~ q * scale[:, None]; w is [N, K] float."""
     w = w.float()
@@ -237,14 +246,18 @@ class WeightOnlyLinear(FastModule):
         """Rows of x up to which `direct` calls radixlm's kernel rather than torch's."""
         return 0
 
+    def wide(self, x: torch.Tensor) -> torch.Tensor:
+        """x [M, K] bfloat16 -> [M, N] bfloat16 for M past `direct_rows()`: by default a
+        dense matmul on `dequantize()`."""
+        return F.linear(x, self.dequantize())
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         limit = self.direct_rows()
         plain = x.dim() == 2 and x.dtype == torch.bfloat16 and self.bias is None
         if plain and x.shape[0] <= limit:  # the decode step: nothing to convert
             return self.direct(x)
         x2 = x.reshape(-1, self.in_features).to(torch.bfloat16)
-        small = x2.shape[0] <= limit
-        y = self.direct(x2) if small else F.linear(x2, self.dequantize())
+        y = self.direct(x2) if x2.shape[0] <= limit else self.wide(x2)
         if self.bias is not None:
             y = y + self.bias
         return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
@@ -284,7 +297,11 @@ class Int4Linear(WeightOnlyLinear):
     """y = x @ W.T + bias, W = (q - 8) * scale + zero per group of `group` inputs.
 
     packed: [N, K/2] uint8 in the int4 kernel's layout; scales_zeros: [K/group, N, 2] bfloat16.
+    `int8_activations` (set by the loader, `--activations`; only where
+    `int8_activations_supported()`): `wide` quantizes x to int8 instead of dequantizing W.
     """
+
+    int8_activations = False
 
     def __init__(
         self, q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
@@ -316,6 +333,11 @@ class Int4Linear(WeightOnlyLinear):
 
     def native_rows(self) -> int:
         return native_int4_max_rows()
+
+    def wide(self, x: torch.Tensor) -> torch.Tensor:
+        if self.int8_activations:
+            return kernels().int4_mm_q8(x, self.packed, self.scales_zeros, self.group)
+        return super().wide(x)
 
     def direct(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[0] <= self.native_rows():

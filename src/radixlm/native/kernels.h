@@ -19,6 +19,9 @@ void int4_dequantize(torch::Tensor packed, torch::Tensor scales_zeros, torch::Te
 torch::Tensor int4_mm(torch::Tensor x, torch::Tensor packed, torch::Tensor scales_zeros,
                       int64_t group);  // int4_mm.cpp
 bool int4_mm_supported();
+torch::Tensor int4_mm_q8(torch::Tensor x, torch::Tensor packed, torch::Tensor scales_zeros,
+                         int64_t group);  // int4_mm_q8.cpp
+bool int4_mm_q8_supported();
 torch::Tensor int8_mm(torch::Tensor x, torch::Tensor q, torch::Tensor scale);  // int8_mm.cpp
 bool int8_mm_supported();
 

@@ -342,5 +342,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("int8_mm", &int8_mm, "x @ (q * scale).T for an int8 [N, K] weight (CPU)");
   m.def("int8_mm_supported", &int8_mm_supported, "whether int8_mm was built here");
   m.def("int4_mm_supported", &int4_mm_supported, "whether int4_mm was built here");
+  m.def("int4_mm_q8", &int4_mm_q8, "x @ W.T for an int4 weight, x quantized to int8 (CPU)");
+  m.def("int4_mm_q8_supported", &int4_mm_q8_supported, "whether int4_mm_q8 was built here");
   bind_decode_stack(m);
 }

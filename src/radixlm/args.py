@@ -54,12 +54,12 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--activations",
-        default="auto",
+        default="bfloat16",
         choices=ACTIVATION_MODES,
         help="what int4 layers multiply in on batches past the decode kernel's rows (prefill): "
-        "int8 quantizes them per group of 32 inputs, as llama.cpp does, and sums the "
-        "products in int32 (AVX512-VNNI); bfloat16 dequantizes the weight for a dense "
-        "matmul; auto: int8 where that kernel is built",
+        "bfloat16 (default) dequantizes the weight for a dense matmul; int8 quantizes them "
+        "per group of 32 inputs, as llama.cpp does, and sums the products in int32 "
+        "(AVX512-VNNI): ~1.5x faster prefill, less accurate (docs/performance.md)",
     )
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (auto: cuda if present)")
 

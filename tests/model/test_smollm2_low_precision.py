@@ -22,11 +22,13 @@ below is 26/32, with the near-tie rule as the check that matters.
 from __future__ import annotations
 
 import pytest
+import torch
 from helpers.engine_checks import assert_clean
 
 import radixlm
 from radixlm.config import LoadConfig
 from radixlm.loader import load_model
+from radixlm.models.quant import int8_activations_supported
 
 SYSTEMS = [
     "You are a concise assistant. Answer in one short sentence.",
@@ -43,14 +45,31 @@ QUESTIONS = [
 NEAR_TIE = 0.15
 
 
-@pytest.mark.parametrize("quantization", ["none", "int8", "int4"])
-def test_cache_on_off_agree_but_at_near_ties(smollm2, smollm2_path, quantization):
+def test_default_mode_answers_paris(smollm2, smollm2_path):
+    """The default mode (bf16 compute, the GGUF's int4, bfloat16 activations) answers the
+    plain chat question. With `--activations int8` the same 37-token prompt answered
+    "L'Étoile, la Marseillaise, ...", which is why int8 activations are not the default."""
     _, tok = smollm2
-    loaded = load_model(
-        LoadConfig(model=str(smollm2_path), dtype="bfloat16", quantization=quantization),
-        progress=False,
-    )
-    assert loaded.quantization == quantization
+    loaded = load_model(LoadConfig(model=str(smollm2_path)), progress=False)
+    assert (loaded.dtype, loaded.precision) == (torch.bfloat16, "int4")
+    prompt = tok.apply_chat_template([{"role": "user", "content": QUESTIONS[0]}])
+    with radixlm.Engine(loaded=loaded, tokenizer=tok, max_total_tokens=4096) as eng:
+        out = eng.generate(input_ids=prompt, sampling_params={"temperature": 0,
+                                                              "max_new_tokens": 12})
+        assert_clean(eng)
+    assert "Paris" in out["text"]
+
+
+@pytest.mark.parametrize("mode", ["none", "int8", "int4", "int4-a8"])
+def test_cache_on_off_agree_but_at_near_ties(smollm2, smollm2_path, mode):
+    _, tok = smollm2
+    quantization, a8 = mode.removesuffix("-a8"), mode.endswith("-a8")
+    if a8 and not int8_activations_supported():
+        pytest.skip("int8 activations need AVX512-VNNI, AVX512-VBMI and AVX512-BF16")
+    config = LoadConfig(model=str(smollm2_path), dtype="bfloat16", quantization=quantization,
+                        activations="int8" if a8 else "bfloat16")  # fmt: skip
+    loaded = load_model(config, progress=False)
+    assert loaded.precision == mode
     prompts = [
         tok.apply_chat_template([{"role": "system", "content": s * 3},
                                  {"role": "user", "content": q}])
@@ -78,7 +97,7 @@ def test_cache_on_off_agree_but_at_near_ties(smollm2, smollm2_path, quantization
         at = next((j for j in range(shorter) if ids_a[j] != ids_b[j]), shorter)
         tops = [r["meta_info"]["output_top_logprobs"] for r in (a, b)]
         gap = min(top[at][0][0] - top[at][1][0] for top in tops if at < len(top))
-        print(f"{quantization}: prompt {i} differs at token {at}, top-2 gap {gap:.4f}")
+        print(f"{mode}: prompt {i} differs at token {at}, top-2 gap {gap:.4f}")
         assert gap < NEAR_TIE, f"prompt {i}: cache on/off differ at token {at}, gap {gap:.3f}"
-    print(f"{quantization}: {agree}/32 prompts identical with the cache on and off")
+    print(f"{mode}: {agree}/32 prompts identical with the cache on and off")
     assert agree >= 26

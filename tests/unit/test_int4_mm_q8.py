@@ -93,15 +93,14 @@ def test_int4_layer_takes_int8_activations_only_past_the_direct_rows():
 
 def test_choose_activations(monkeypatch):
     monkeypatch.setattr("radixlm.loader.quantize.int8_activations_supported", lambda: True)
-    assert choose_activations("auto", "int4")[0] == "int8"
+    assert LoadConfig().activations == "bfloat16"  # int8 is asked for, never chosen
     assert choose_activations("int8", "int4") == ("int8", "as asked")
     assert choose_activations("bfloat16", "int4")[0] == "bfloat16"
-    assert choose_activations("auto", "int8")[0] == "bfloat16"  # no int4 layers
-    assert choose_activations("auto", "none")[0] == "bfloat16"
-    with pytest.raises(ValueError, match="activations: int8 needs --quantization int4"):
-        choose_activations("int8", "none")
+    assert choose_activations("bfloat16", "none")[0] == "bfloat16"
+    for mode in ("none", "int8"):
+        with pytest.raises(ValueError, match="activations: int8 needs --quantization int4"):
+            choose_activations("int8", mode)
     monkeypatch.setattr("radixlm.loader.quantize.int8_activations_supported", lambda: False)
-    assert choose_activations("auto", "int4") == ("bfloat16", "auto: no int8 kernel on this CPU")
     with pytest.raises(ValueError, match="AVX512-VNNI"):
         choose_activations("int8", "int4")
 

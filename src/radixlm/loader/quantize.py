@@ -85,19 +85,16 @@ def choose_quantization(
 def choose_activations(requested: str, mode: str) -> tuple[str, str]:
     """(activations "bfloat16" | "int8", why) for `--activations requested` (one of
     ACTIVATION_MODES) with weight mode `mode`: what int4 layers multiply in past the
-    decode kernel's rows. int8 needs int4 weights and the `int4_mm_q8` kernel; "auto"
-    takes it where both are there. Asking for int8 without them is a ValueError."""
+    decode kernel's rows. int8 needs int4 weights and the `int4_mm_q8` kernel (a
+    ValueError without them). Not the default: on the embedded SmolLM2 it changed
+    the greedy answer to the capital-of-France chat (docs/performance.md)."""
     if requested == "bfloat16":
         return "bfloat16", "as asked"
     if mode != "int4":
-        if requested == "int8":
-            raise ValueError(f"activations: int8 needs --quantization int4 (got {mode})")
-        return "bfloat16", "auto: no int4 layers"
+        raise ValueError(f"activations: int8 needs --quantization int4 (got {mode})")
     if not int8_activations_supported():
-        if requested == "int8":
-            raise ValueError("activations: int8 needs AVX512-VNNI, AVX512-VBMI and AVX512-BF16")
-        return "bfloat16", "auto: no int8 kernel on this CPU"
-    return "int8", "as asked" if requested == "int8" else "auto: AVX512-VNNI"
+        raise ValueError("activations: int8 needs AVX512-VNNI, AVX512-VBMI and AVX512-BF16")
+    return "int8", "as asked"
 
 
 def set_activations(model: nn.Module, activations: str) -> None:

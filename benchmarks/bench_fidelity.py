@@ -18,7 +18,7 @@ import torch
 from radixlm.attention.paged import PagedContext, head_major_fits
 from radixlm.config import LoadConfig
 from radixlm.kvcache.pool import KVPool
-from radixlm.loader import DEFAULT_MODEL, load_model, resolve_model_path
+from radixlm.loader import DEFAULT_MODEL, LoadedModel, load_model, resolve_model_path
 from radixlm.tokenizer import load_tokenizer
 
 MODES = {  # name -> LoadConfig options
@@ -29,20 +29,40 @@ MODES = {  # name -> LoadConfig options
 }
 
 
+def engine_pool(loaded: LoadedModel, tokens: int) -> KVPool:
+    """A K/V pool for `tokens` tokens in the layout the engine picks for this model."""
+    head_major = head_major_fits(loaded.config, loaded.dtype, loaded.device)
+    return KVPool.for_model(loaded.config, loaded.dtype, loaded.device,
+                            max_total_tokens=tokens + 64, head_major=head_major)  # fmt: skip
+
+
+def prefill_logprobs(
+    model: torch.nn.Module, pool: KVPool, ids: torch.Tensor, at: torch.Tensor
+) -> torch.Tensor:
+    """[len(at), vocab] float32 log-probabilities at positions `at` of one prefill of
+    `ids` through `pool` (its slots are freed again)."""
+    n = len(ids)
+    slots = pool.alloc(n)
+    ctx = PagedContext(pool, [slots], [0], [n], slots)
+    with torch.inference_mode():
+        out = model(ids, ctx.positions, ctx, at)
+    pool.free(slots)
+    return out.float().log_softmax(-1)
+
+
+def mean_kl(ref: torch.Tensor, got: torch.Tensor) -> float:
+    """Mean over rows of KL(ref || got), both log-probabilities."""
+    return (ref.exp() * (ref - got)).sum(-1).mean().item()
+
+
 def logits(options: dict[str, str], ids: list[int]) -> torch.Tensor:
     """[len(ids), vocab] float32 log-probabilities of one prefill in that mode, through
     the engine's paged K/V pool."""
     loaded = load_model(LoadConfig(model=str(resolve_model_path(DEFAULT_MODEL)), **options),
                         progress=False)  # fmt: skip
-    head_major = head_major_fits(loaded.config, loaded.dtype, loaded.device)
-    pool = KVPool.for_model(loaded.config, loaded.dtype, loaded.device,
-                            max_total_tokens=len(ids) + 64, head_major=head_major)  # fmt: skip
     n = len(ids)
-    slots = pool.alloc(n)
-    ctx = PagedContext(pool, [slots], [0], [n], slots)
-    with torch.inference_mode():
-        out = loaded.model(torch.tensor(ids), ctx.positions, ctx, torch.arange(n))
-    return out.float().log_softmax(-1)
+    return prefill_logprobs(loaded.model, engine_pool(loaded, n), torch.tensor(ids),
+                            torch.arange(n))  # fmt: skip
 
 
 def main() -> None:
@@ -60,7 +80,7 @@ def main() -> None:
         if ref is None:
             ref = got
             continue
-        kl = (ref.exp() * (ref - got)).sum(-1).mean().item()
+        kl = mean_kl(ref, got)
         top1 = (got.argmax(-1) == ref.argmax(-1)).float().mean().item()
         print(f"| {name} | {kl:.2e} | {top1:.3f} |")
 

@@ -2,8 +2,9 @@
 
 Loads the default model once (int4 weights, bf16 compute) and switches its int4 layers
 between `--activations bfloat16` and `int8` (`loader.quantize.set_activations`), taking
-turns for a few rounds: the best of 3 forwards through the paged K/V pool per round,
-and the KL between the two modes' last-token distributions. Needs `int4_mm_q8`.
+turns for a few rounds: the best of 3 forwards through the paged K/V pool per round
+(the modes alternating within it, `timing.interleaved`), and the KL between the two
+modes' last-token distributions. Needs `int4_mm_q8`.
 
     .venv/bin/python benchmarks/bench_prefill_activations.py [--tokens 576 128 33]
 """
@@ -11,15 +12,16 @@ and the KL between the two modes' last-token distributions. Needs `int4_mm_q8`.
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
+from bench_fidelity import engine_pool, mean_kl, prefill_logprobs
+from timing import interleaved
 
-from radixlm.attention.paged import PagedContext, head_major_fits
 from radixlm.config import LoadConfig
-from radixlm.kvcache.pool import KVPool
 from radixlm.loader import DEFAULT_MODEL, load_model, resolve_model_path
 from radixlm.loader.quantize import set_activations
+
+MODES = ("bfloat16", "int8")
 
 
 def main() -> None:
@@ -28,41 +30,23 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     args = p.parse_args()
     loaded = load_model(LoadConfig(model=str(resolve_model_path(DEFAULT_MODEL))), progress=False)
-    model = loaded.model
-    pool = KVPool.for_model(
-        loaded.config, loaded.dtype, loaded.device, max_total_tokens=max(args.tokens) + 64,
-        head_major=head_major_fits(loaded.config, loaded.dtype, loaded.device),
-    )  # fmt: skip
+    model, pool = loaded.model, engine_pool(loaded, max(args.tokens))
     gen = torch.Generator().manual_seed(0)
-
-    def prefill(ids: torch.Tensor) -> torch.Tensor:
-        n = len(ids)
-        slots = pool.alloc(n)
-        ctx = PagedContext(pool, [slots], [0], [n], slots)
-        with torch.inference_mode():
-            out = model(ids, ctx.positions, ctx, torch.tensor([n - 1]))
-        pool.free(slots)
-        return out.float().log_softmax(-1)
 
     print("| prompt tokens | bfloat16 activations (ms) | int8 activations (ms) | KL(last) |")
     print("|---:|---|---|---:|")
     for n in args.tokens:
         ids = torch.randint(0, loaded.config.vocab_size, (n,), generator=gen)
-        times: dict[str, list[float]] = {"bfloat16": [], "int8": []}
         last: dict[str, torch.Tensor] = {}
-        for _ in range(args.rounds):
-            for mode in times:
-                set_activations(model, mode)
-                last[mode] = prefill(ids)
-                best = float("inf")
-                for _ in range(3):
-                    start = time.perf_counter()
-                    prefill(ids)
-                    best = min(best, time.perf_counter() - start)
-                times[mode].append(best * 1e3)
-        ref, got = last["bfloat16"], last["int8"]
-        kl = (ref.exp() * (ref - got)).sum(-1).mean().item()
-        cols = [" / ".join(f"{t:.1f}" for t in times[m]) for m in times]
+
+        def run(mode: str, ids: torch.Tensor = ids, last: dict = last) -> None:
+            set_activations(model, mode)
+            last[mode] = prefill_logprobs(model, pool, ids, torch.tensor([len(ids) - 1]))
+
+        fns = {mode: lambda mode=mode: run(mode) for mode in MODES}
+        rounds = [interleaved(fns, 3, reduce=min) for _ in range(args.rounds)]
+        cols = [" / ".join(f"{r[m] * 1e3:.1f}" for r in rounds) for m in MODES]
+        kl = mean_kl(last["bfloat16"], last["int8"])
         print(f"| {n} | {cols[0]} | {cols[1]} | {kl:.2e} |")
 
 

@@ -85,7 +85,7 @@ class LoadedModel:
     dtype: torch.dtype
     device: torch.device
     quantization: str = "none"  # the weight mode in use: none, int8 or int4
-    activations: str = "bfloat16"  # what int4 layers multiply in on wide batches: or int8
+    activations: str = "bfloat16"  # what int4 layers take past the decode rows: or "int8"
 
     @property
     def precision(self) -> str:

@@ -15,8 +15,8 @@ linearly with the rows of x. Past DIRECT_MAX_ROWS rows (prefill, large
 batches) an int4 layer dequantizes its weight to bfloat16 for the call and
 runs a dense matmul, or with `int8_activations` (`--activations int8`, less
 accurate) quantizes x to int8 per row and group and sums the products in int32
-(`native/int4_mm_q8.cpp`, ~1.5x the dense matmul on AVX512-VNNI). Nothing is cached, so resident
-memory stays quantized.
+(`native/int4_mm_q8.cpp`, ~1.5x the dense matmul on AVX512-VNNI). Nothing is
+cached, so resident memory stays quantized.
 An int8 layer takes that path only where radixlm's kernel is not built or lost
 to torch's at some measured batch (`native_int8_max_rows`): past 8 rows the
 kernel widens blocks of the weight to bfloat16 in cache, and on an AMD EPYC it

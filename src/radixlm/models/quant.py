@@ -56,6 +56,11 @@ NATIVE_INT4_CANDIDATE_ROWS = (2, 4, 8, 16, 32)
 NATIVE_INT8_CANDIDATE_ROWS = (1, 2, 4, 8, 16, 32, 64, 128)
 NO_LIMIT = 1 << 62
 INT4_GROUP = 32
+# int8 activations take out, per row, up to INT8_OUTLIERS inputs above INT8_OUTLIER_RATIO
+# times the row's RMS and multiply them in float32: the residual stream's outlier channels
+# (10-30x the others in SmolLM2), each of which would otherwise set its group's int8 scale.
+INT8_OUTLIERS = 8
+INT8_OUTLIER_RATIO = 4.0
 INT4_BLOCK_ROWS = 64  # the int4 kernel packs output rows in blocks of this many
 
 
@@ -336,7 +341,8 @@ class Int4Linear(WeightOnlyLinear):
 
     def wide(self, x: torch.Tensor) -> torch.Tensor:
         if self.int8_activations:
-            return kernels().int4_mm_q8(x, self.packed, self.scales_zeros, self.group)
+            return kernels().int4_mm_q8(x, self.packed, self.scales_zeros, self.group,
+                                        INT8_OUTLIERS, INT8_OUTLIER_RATIO)
         return super().wide(x)
 
     def direct(self, x: torch.Tensor) -> torch.Tensor:

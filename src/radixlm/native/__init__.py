@@ -15,8 +15,9 @@ Functions of the module (see each .cpp file's header for shapes):
 - `int4_dequantize(packed, scales_zeros, out_t, group)`: W.T into `out_t` [k, n] bfloat16
 - `int4_mm(x, packed, scales_zeros, group) -> y`: x [m, k] bfloat16 @ W.T for small m;
   `int4_mm_supported()` is False where the CPU lacks AVX512-BF16 or AVX512-VBMI
-- `int4_mm_q8(x, packed, scales_zeros, group) -> y`: the same product for many rows, x
-  quantized to int8 per row and group, products in int32; `int4_mm_q8_supported()` needs
+- `int4_mm_q8(x, packed, scales_zeros, group, outliers) -> y`: the same product for many
+  rows, x quantized to int8 per row and group after each row's `outliers` largest inputs
+  are taken out (those in float32), products in int32; `int4_mm_q8_supported()` needs
   AVX512-VNNI, AVX512-VBMI and AVX512-BF16
 - `int8_mm(x, q, scale) -> y`: x [m, k] bfloat16 @ (q * scale).T for an int8 [n, k] weight
   (the output head; any rows, tiled in bfloat16 past 8 with AVX512-BF16); `int8_mm_supported()`

@@ -20,7 +20,7 @@ torch::Tensor int4_mm(torch::Tensor x, torch::Tensor packed, torch::Tensor scale
                       int64_t group);  // int4_mm.cpp
 bool int4_mm_supported();
 torch::Tensor int4_mm_q8(torch::Tensor x, torch::Tensor packed, torch::Tensor scales_zeros,
-                         int64_t group);  // int4_mm_q8.cpp
+                         int64_t group, int64_t outliers, double outlier_ratio);  // int4_mm_q8.cpp
 bool int4_mm_q8_supported();
 torch::Tensor int8_mm(torch::Tensor x, torch::Tensor q, torch::Tensor scale);  // int8_mm.cpp
 bool int8_mm_supported();

@@ -54,12 +54,14 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--activations",
-        default="bfloat16",
+        default="auto",
         choices=ACTIVATION_MODES,
         help="what int4 layers multiply in on batches past the decode kernel's rows (prefill): "
-        "bfloat16 (default) dequantizes the weight for a dense matmul; int8 quantizes them "
-        "per group of 32 inputs, as llama.cpp does, and sums the products in int32 "
-        "(AVX512-VNNI): ~1.5x faster prefill, less accurate (docs/performance.md)",
+        "int8 quantizes them per group of 32 inputs (each row's few outlier inputs kept in "
+        "float32) and sums the products in int32 (AVX512-VNNI), ~1.3x faster prefill; "
+        "bfloat16 dequantizes the weight for a dense matmul, a little more accurate; "
+        "auto: int8 where it runs (int4 weights on such a CPU), else bfloat16 "
+        "(docs/performance.md)",
     )
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (auto: cuda if present)")
 

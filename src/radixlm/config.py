@@ -24,7 +24,7 @@ SUPPORTED_ARCHITECTURES = (
     "mixtral", "qwen2_moe", "qwen3_moe",
 )  # fmt: skip
 QUANTIZATION_MODES = ("auto", "none", "int8", "int4")  # --quantization
-ACTIVATION_MODES = ("bfloat16", "int8")  # --activations
+ACTIVATION_MODES = ("auto", "bfloat16", "int8")  # --activations
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -202,7 +202,7 @@ class LoadConfig:
     device: str = "auto"  # "auto" = cuda when available, else cpu
     tokenizer: str | None = None  # a HF directory; default: the model's own
     quantization: str = "auto"  # one of QUANTIZATION_MODES; see loader.quantize
-    activations: str = "bfloat16"  # one of ACTIVATION_MODES; see loader.quantize
+    activations: str = "auto"  # one of ACTIVATION_MODES; see loader.quantize
     # tensor parallelism (radixlm.distributed): tp_size ranks over nnodes hosts, rank 0 on
     # node 0 schedules; dist_init_addr "host:port" is rank 0's rendezvous (default: loopback)
     tp_size: int = 1

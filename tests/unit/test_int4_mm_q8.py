@@ -147,16 +147,23 @@ def test_int4_layer_takes_int8_activations_only_past_the_direct_rows():
 
 def test_choose_activations(monkeypatch):
     monkeypatch.setattr("radixlm.loader.quantize.int8_activations_supported", lambda: True)
-    assert LoadConfig().activations == "bfloat16"  # int8 is asked for, never chosen
-    assert choose_activations("int8", "int4") == ("int8", "as asked")
-    assert choose_activations("bfloat16", "int4")[0] == "bfloat16"
-    assert choose_activations("bfloat16", "none")[0] == "bfloat16"
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert LoadConfig().activations == "auto"
+    assert choose_activations("auto", "int4", cpu) == ("int8", "auto: int4 weights, AVX512-VNNI")
+    assert choose_activations("int8", "int4", cpu) == ("int8", "as asked")
+    assert choose_activations("bfloat16", "int4", cpu) == ("bfloat16", "as asked")
+    for mode, device in (("none", cpu), ("int8", cpu), ("int4", cuda)):
+        assert choose_activations("auto", mode, device)[0] == "bfloat16"
     for mode in ("none", "int8"):
         with pytest.raises(ValueError, match="activations: int8 needs --quantization int4"):
-            choose_activations("int8", mode)
+            choose_activations("int8", mode, cpu)
+    with pytest.raises(ValueError, match="activations: int8 runs on the CPU only"):
+        choose_activations("int8", "int4", cuda)
     monkeypatch.setattr("radixlm.loader.quantize.int8_activations_supported", lambda: False)
+    assert choose_activations("auto", "int4", cpu) == (
+        "bfloat16", "auto: int8 needs AVX512-VNNI, AVX512-VBMI and AVX512-BF16")
     with pytest.raises(ValueError, match="AVX512-VNNI"):
-        choose_activations("int8", "int4")
+        choose_activations("int8", "int4", cpu)
 
 
 def test_load_config_names_a_bad_activations_mode():

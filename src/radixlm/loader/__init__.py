@@ -109,7 +109,7 @@ def load_model(load: LoadConfig, progress: bool = True, tp: TPGroup | None = Non
     (dtype, why), device = load.dtype_choice(), load.resolved_device()
     start = time.perf_counter()
     mode, quant_why = choose_quantization(load.quantization, path, dtype, device)
-    activations, act_why = choose_activations(load.activations, mode)
+    activations, act_why = choose_activations(load.activations, mode, device)
     if tp is not None and tp.size > 1:
         if mode != "none" or dtype != torch.float32:
             raise ValueError("--tp > 1 needs --dtype float32 and --quantization none for now")

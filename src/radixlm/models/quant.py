@@ -12,11 +12,12 @@ Two formats, both with bfloat16 activations (the kernels are ~10x slower on floa
 
 The int4 kernels do one matrix-vector pass per input row, so their cost grows
 linearly with the rows of x. Past DIRECT_MAX_ROWS rows (prefill, large
-batches) an int4 layer dequantizes its weight to bfloat16 for the call and
-runs a dense matmul, or with `int8_activations` (`--activations int8`, less
-accurate) quantizes x to int8 per row and group and sums the products in int32
-(`native/int4_mm_q8.cpp`, ~1.5x the dense matmul on AVX512-VNNI). Nothing is
-cached, so resident memory stays quantized.
+batches) an int4 layer either quantizes x to int8 per row and group, each
+row's few outlier inputs kept in float32, and sums the products in int32
+(`int8_activations`, set by `--activations auto|int8` where AVX512-VNNI runs:
+`native/int4_mm_q8.cpp`, ~1.3x the dense matmul), or dequantizes its weight to
+bfloat16 for the call and runs a dense matmul. Nothing is cached, so resident
+memory stays quantized.
 An int8 layer takes that path only where radixlm's kernel is not built or lost
 to torch's at some measured batch (`native_int8_max_rows`): past 8 rows the
 kernel widens blocks of the weight to bfloat16 in cache, and on an AMD EPYC it
@@ -302,7 +303,7 @@ class Int4Linear(WeightOnlyLinear):
     """y = x @ W.T + bias, W = (q - 8) * scale + zero per group of `group` inputs.
 
     packed: [N, K/2] uint8 in the int4 kernel's layout; scales_zeros: [K/group, N, 2] bfloat16.
-    `int8_activations` (set by the loader, `--activations int8`; only where
+    `int8_activations` (set by the loader, `--activations auto|int8`; only where
     `int8_activations_supported()`): `wide` quantizes x to int8 instead of dequantizing W.
     """
 

@@ -1,8 +1,8 @@
 """Where the time of one decode step goes, on the real engine path.
 
     .venv/bin/python benchmarks/profile_decode.py [--model smollm2-135m-instruct] \
-        [--dtype auto] [--quantization auto] [--batch 1,8,32] [--context 1000] [--steps 20] \
-        [--shared 0 --groups 4] [--modules]
+        [--dtype auto] [--quantization auto] [--activations auto] [--batch 1,8,32] \
+        [--context 1000] [--steps 20] [--shared 0 --groups 4] [--modules]
 
 For each batch size B it builds the engine's runtime (model, KV pool, radix
 cache, scheduler), admits B requests of `--context` random prompt tokens,
@@ -142,8 +142,8 @@ def start_batch(args: argparse.Namespace, batch: int) -> Any:
     """A runtime with `batch` requests prefilled and decoding."""
     quant = {"quantization": args.quantization} if args.quantization else {}
     runtime = build_runtime(build_engine_config(
-        model=args.model, dtype=args.dtype, max_total_tokens=batch * (args.context + 64)
-        + batch * 30 * args.steps, **quant,
+        model=args.model, dtype=args.dtype, activations=args.activations,
+        max_total_tokens=batch * (args.context + 64) + batch * 30 * args.steps, **quant,
     ))  # fmt: skip
     sched = runtime.scheduler
     rng = random.Random(batch)
@@ -229,6 +229,7 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--quantization", default=None, help="default: the engine's")
+    ap.add_argument("--activations", default="auto", help="of int4 layers: auto, bfloat16, int8")
     ap.add_argument("--batch", default="1,8,32")
     ap.add_argument("--context", type=int, default=1000)
     ap.add_argument("--steps", type=int, default=20)
@@ -246,7 +247,8 @@ def main() -> None:
     bound_ms = weight_bytes / bw * 1e3
     print(f"Machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; model {args.model}, dtype {args.dtype}, "
-          f"quantization {args.quantization}; context {args.context} tokens; "
+          f"quantization {args.quantization}, activations {args.activations}; "
+          f"context {args.context} tokens; "
           f"layers through {'the modules' if args.modules else 'the native loop'}; "
           f"{args.steps} steps per batch.")  # fmt: skip
     print(f"\nWeights {weight_bytes / 2**20:.1f} MiB; read bandwidth {bw / 1e9:.1f} GB/s; "

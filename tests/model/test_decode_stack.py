@@ -19,6 +19,7 @@ from radixlm.config import LoadConfig
 from radixlm.kvcache.pool import KVPool
 from radixlm.loader import load_model
 from radixlm.models.decode_stack import DecodeStack
+from radixlm.models.quant import int8_activations_supported
 from radixlm.native import kernels
 
 pytestmark = pytest.mark.skipif(kernels() is None, reason="the native kernels are not built here")
@@ -49,7 +50,8 @@ def prefill(loaded, pool, seqs):
     return slots
 
 
-MODES = [("float32", "none"), ("bfloat16", "none"), ("bfloat16", "int8"), ("bfloat16", "int4")]
+MODES = [("float32", "none"), ("bfloat16", "none"), ("bfloat16", "int8"), ("bfloat16", "int4"),
+         ("bfloat16", "int4-a8")]  # int8 activations past the decode rows (the default here)
 
 
 @pytest.mark.parametrize("variant", ["llama3", "qwen2"])
@@ -57,7 +59,11 @@ MODES = [("float32", "none"), ("bfloat16", "none"), ("bfloat16", "int8"), ("bflo
 def test_stack_decodes_bit_identically(variant, dtype, quant, tiny_model_factory, monkeypatch):
     monkeypatch.setattr(cascade, "SHARED_MIN_TOKENS", 8)
     monkeypatch.setattr(cascade, "SHARED_MIN_SAVED", 8)
-    cfg = LoadConfig(model=str(tiny_model_factory(variant)), dtype=dtype, quantization=quant)
+    quant, a8 = quant.removesuffix("-a8"), quant.endswith("-a8")
+    if a8 and not int8_activations_supported():
+        pytest.skip("int8 activations need AVX512-VNNI, AVX512-VBMI and AVX512-BF16")
+    cfg = LoadConfig(model=str(tiny_model_factory(variant)), dtype=dtype, quantization=quant,
+                     activations="int8" if a8 else "bfloat16")  # fmt: skip
     loaded = load_model(cfg, progress=False)
     vocab = loaded.config.vocab_size
     for head_major in {False, head_major_fits(loaded.config, loaded.dtype, loaded.device)}:

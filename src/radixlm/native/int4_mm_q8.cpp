@@ -7,9 +7,9 @@
 // row j (low nibble) and row j + 32 (high nibble). scales_zeros: [K/G, N, 2] bfloat16,
 // w = (q - 8) * scale + zero. x: [M, K] bfloat16. Returns y [M, N] bfloat16.
 //
-// Outliers: the `outliers` inputs of each row with the largest |x| (ties: the lower index)
-// are taken out before quantizing and multiplied in float32 against the dequantized
-// weight column, LLM.int8()'s decomposition per row. The residual stream of a
+// Outliers: up to `outliers` inputs of each row above `outlier_ratio` times the row's RMS,
+// the largest (ties: the lower index), are taken out before quantizing and multiplied in
+// float32 against the dequantized weight column, LLM.int8()'s decomposition per row. The residual stream of a
 // transformer has a few channels tens of times the others (SmolLM2: 10-30x in the
 // inputs of every qkv and gate/up projection); left in, each one sets its group's
 // scale and costs the other 31 inputs most of their bits.

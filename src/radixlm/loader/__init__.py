@@ -137,9 +137,11 @@ def load_model(load: LoadConfig, progress: bool = True, tp: TPGroup | None = Non
     model.init_rotary(device)  # float32 tables, built on the meta device at construction
     weights_desc = "dense" if mode == "none" else f"{mode} weight-only ({quant_why})"
     if activations == "int8":
-        weights_desc += f", int8 activations past the decode rows ({act_why})"
+        weights_desc += f" weights, int8 activations past the decode rows ({act_why})"
+    else:
+        weights_desc += " weights"
     log.info(
-        "loaded %s (%s) in %.1fs: %.1f MiB of weights (file %.1f MiB), %s weights, "
+        "loaded %s (%s) in %.1fs: %.1f MiB of weights (file %.1f MiB), %s, "
         "%s compute (%s) on %s",
         path.name, config.architecture, time.perf_counter() - start,
         model.memory_bytes() / 2**20, _file_bytes(path) / 2**20, weights_desc,

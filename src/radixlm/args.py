@@ -56,10 +56,11 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         "--activations",
         default="auto",
         choices=ACTIVATION_MODES,
-        help="what int4 layers multiply in on batches past the decode kernel's rows (prefill): "
-        "int8 quantizes them per group of 32 inputs (each row's few outlier inputs kept in "
-        "float32) and sums the products in int32 (AVX512-VNNI), ~1.3x faster prefill; "
-        "bfloat16 dequantizes the weight for a dense matmul, a little more accurate; "
+        help="what int4 layers multiply in: int8 quantizes x per group of 32 inputs (each "
+        "row's few outlier inputs kept in float32) and sums the products in int32 "
+        "(AVX512-VNNI), ~1.3x faster prefill and faster large decode batches; bfloat16 "
+        "runs int4_mm on few rows and a dense matmul on the dequantized weight past 32, a "
+        "little more accurate; "
         "auto: int8 where it runs (int4 weights on such a CPU), else bfloat16 "
         "(docs/performance.md)",
     )

@@ -129,19 +129,21 @@ def test_each_row_is_the_same_whatever_the_batch():
 
 
 @needs_kernel
-def test_int4_layer_takes_int8_activations_only_past_the_direct_rows():
+def test_int4_layer_with_int8_activations_takes_them_at_every_batch():
+    """Decode batches too (the native layer loop's INT4_Q8 kind calls the same kernel), so
+    a row's values do not depend on how many rows its batch has."""
     layer = int4_layer(192, 96, 32, seed=5)
     gen = torch.Generator().manual_seed(6)
     wide = torch.randn(quant.DIRECT_MAX_ROWS + 9, 96, generator=gen).bfloat16()
-    small = wide[: quant.DIRECT_MAX_ROWS]
-    before_wide, before_small = layer(wide), layer(small)
+    before = {rows: layer(wide[:rows]) for rows in (1, quant.DIRECT_MAX_ROWS, len(wide))}
+    assert layer.direct_rows() == quant.DIRECT_MAX_ROWS
     set_activations(torch.nn.Sequential(layer), "int8")
-    assert layer.int8_activations
+    assert layer.int8_activations and layer.direct_rows() == quant.NO_LIMIT
     expected = quant.kernels().int4_mm_q8(wide, layer.packed, layer.scales_zeros, 32,
                                           quant.INT8_OUTLIERS, quant.INT8_OUTLIER_RATIO)
-    assert torch.equal(layer(wide), expected)
-    assert not torch.equal(layer(wide), before_wide)  # the bfloat16 path differs somewhere
-    assert torch.equal(layer(small), before_small)  # the decode rows keep bfloat16
+    for rows, bf16 in before.items():
+        assert torch.equal(layer(wide[:rows]), expected[:rows])
+        assert not torch.equal(expected[:rows], bf16)  # the bfloat16 path differs somewhere
     assert torch.equal(layer(wide.float()), expected.float())  # converted in and out
 
 

@@ -85,7 +85,7 @@ class LoadedModel:
     dtype: torch.dtype
     device: torch.device
     quantization: str = "none"  # the weight mode in use: none, int8 or int4
-    activations: str = "bfloat16"  # what int4 layers take past the decode rows: or "int8"
+    activations: str = "bfloat16"  # what int4 layers multiply in: or "int8"
 
     @property
     def precision(self) -> str:
@@ -137,7 +137,7 @@ def load_model(load: LoadConfig, progress: bool = True, tp: TPGroup | None = Non
     model.init_rotary(device)  # float32 tables, built on the meta device at construction
     weights_desc = "dense" if mode == "none" else f"{mode} weight-only ({quant_why})"
     if activations == "int8":
-        weights_desc += f" weights, int8 activations past the decode rows ({act_why})"
+        weights_desc += f" weights, int8 activations ({act_why})"
     else:
         weights_desc += " weights"
     log.info(

@@ -21,22 +21,31 @@ from torch import nn
 from radixlm.attention.base import AttentionContext
 from radixlm.attention.paged import PagedContext
 from radixlm.models.ops import Rope
-from radixlm.models.quant import Int4Linear, Int8Linear, WeightOnlyLinear
+from radixlm.models.quant import (
+    INT8_OUTLIER_RATIO,
+    INT8_OUTLIERS,
+    Int4Linear,
+    Int8Linear,
+    WeightOnlyLinear,
+)
 from radixlm.native import kernels
 
-DENSE, INT4, INT8 = 0, 1, 2  # the kinds of decode_stack.cpp's linear specs
-Spec = tuple[int, list[torch.Tensor], int, int]
+DENSE, INT4, INT8, INT4_Q8 = 0, 1, 2, 3  # the kinds of decode_stack.cpp's linear specs
+Spec = tuple[int, list[torch.Tensor], int, int, int, float]
 
 
 def _spec(linear: nn.Module) -> Spec | None:
     """The native description of one linear, or None for a kind the stack lacks."""
     bias = [] if linear.bias is None else [linear.bias]
     if type(linear) is nn.Linear:
-        return DENSE, [linear.weight, *bias], 0, 0
+        return DENSE, [linear.weight, *bias], 0, 0, 0, 0.0
     if isinstance(linear, Int4Linear):
-        return INT4, [linear.packed, linear.scales_zeros, *bias], linear.group, linear.native_rows()
+        int4 = [linear.packed, linear.scales_zeros, *bias]
+        if linear.int8_activations:
+            return INT4_Q8, int4, linear.group, 0, INT8_OUTLIERS, INT8_OUTLIER_RATIO
+        return INT4, int4, linear.group, linear.native_rows(), 0, 0.0
     if isinstance(linear, Int8Linear):
-        return INT8, [linear.qweight, linear.scale, *bias], 0, linear.native_rows()
+        return INT8, [linear.qweight, linear.scale, *bias], 0, linear.native_rows(), 0, 0.0
     return None
 
 

@@ -12,12 +12,12 @@ Two formats, both with bfloat16 activations (the kernels are ~10x slower on floa
 
 The int4 kernels do one matrix-vector pass per input row, so their cost grows
 linearly with the rows of x. Past DIRECT_MAX_ROWS rows (prefill, large
-batches) an int4 layer either quantizes x to int8 per row and group, each
-row's few outlier inputs kept in float32, and sums the products in int32
-(`int8_activations`, set by `--activations auto|int8` where AVX512-VNNI runs:
-`native/int4_mm_q8.cpp`, ~1.3x the dense matmul), or dequantizes its weight to
-bfloat16 for the call and runs a dense matmul. Nothing is cached, so resident
-memory stays quantized.
+batches) an int4 layer dequantizes its weight to bfloat16 for the call and runs
+a dense matmul. With `int8_activations` (set by `--activations auto|int8` where
+AVX512-VNNI runs) it instead quantizes x to int8 per row and group, each row's
+few outlier inputs kept in float32, and sums the products in int32 at every
+batch (`native/int4_mm_q8.cpp`, ~1.3x the dense matmul). Nothing is cached, so
+resident memory stays quantized.
 An int8 layer takes that path only where radixlm's kernel is not built or lost
 to torch's at some measured batch (`native_int8_max_rows`): past 8 rows the
 kernel widens blocks of the weight to bfloat16 in cache, and on an AMD EPYC it
@@ -304,7 +304,8 @@ class Int4Linear(WeightOnlyLinear):
 
     packed: [N, K/2] uint8 in the int4 kernel's layout; scales_zeros: [K/group, N, 2] bfloat16.
     `int8_activations` (set by the loader, `--activations auto|int8`; only where
-    `int8_activations_supported()`): `wide` quantizes x to int8 instead of dequantizing W.
+    `int8_activations_supported()`): every batch goes to `int4_mm_q8`, which quantizes x to
+    int8 instead of dequantizing W.
     """
 
     int8_activations = False
@@ -340,13 +341,16 @@ class Int4Linear(WeightOnlyLinear):
     def native_rows(self) -> int:
         return native_int4_max_rows()
 
-    def wide(self, x: torch.Tensor) -> torch.Tensor:
+    def direct_rows(self) -> int:
+        # int8 activations: one kernel at every batch (level with int4_mm at 1-8 rows of a
+        # decode step, faster at 32: benchmarks/epyc_zen4.md), so a row's values never
+        # depend on the batch's size
+        return NO_LIMIT if self.int8_activations else DIRECT_MAX_ROWS
+
+    def direct(self, x: torch.Tensor) -> torch.Tensor:
         if self.int8_activations:
             return kernels().int4_mm_q8(x, self.packed, self.scales_zeros, self.group,
                                         INT8_OUTLIERS, INT8_OUTLIER_RATIO)
-        return super().wide(x)
-
-    def direct(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[0] <= self.native_rows():
             return kernels().int4_mm(x, self.packed, self.scales_zeros, self.group)
         return torch.ops.aten._weight_int4pack_mm_for_cpu(

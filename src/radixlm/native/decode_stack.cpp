@@ -7,10 +7,12 @@
 // is bit-identical to that path; `models.decode_stack` decides when it applies.
 //
 // Built once per model from each layer's two norm weights and four linears
-// (q/k/v, o, gate/up, down). A linear is (kind, tensors, group, native_rows):
+// (q/k/v, o, gate/up, down). A linear is (kind, tensors, group, native_rows, outliers,
+// outlier_ratio):
 //   DENSE [weight] or [weight, bias]: at::linear;
 //   INT4  [packed, scales_zeros(, bias)]: radixlm's int4_mm up to native_rows rows of x,
 //         torch's _weight_int4pack_mm_for_cpu above;
+//   INT4_Q8 [packed, scales_zeros(, bias)]: int4_mm_q8 (int8 activations) at any rows;
 //   INT8  [q, scale(, bias)]: int8_mm up to native_rows rows, torch's _weight_int8pack_mm above.
 // `run` takes the residual stream x [T, hidden] (updated in place), the rope tables
 // (cos, signed sin) [T, 1, D], the pool's K and V [layers, slots, Hkv, D] (`KVPool.k_buffer`:
@@ -30,18 +32,20 @@
 
 namespace {
 
-enum Kind : int64_t { DENSE = 0, INT4 = 1, INT8 = 2 };
-using LinearSpec = std::tuple<int64_t, std::vector<torch::Tensor>, int64_t, int64_t>;
+enum Kind : int64_t { DENSE = 0, INT4 = 1, INT8 = 2, INT4_Q8 = 3 };
+using LinearSpec =
+    std::tuple<int64_t, std::vector<torch::Tensor>, int64_t, int64_t, int64_t, double>;
 
 struct Linear {
-  int64_t kind = DENSE, group = 0, native_rows = 0;
-  torch::Tensor a, b, bias;  // DENSE: weight; INT4: packed, scales_zeros; INT8: q, scale
+  int64_t kind = DENSE, group = 0, native_rows = 0, outliers = 0;
+  double outlier_ratio = 0;
+  torch::Tensor a, b, bias;  // DENSE: weight; INT4(_Q8): packed, scales_zeros; INT8: q, scale
 
   explicit Linear(const LinearSpec& spec) {
-    const auto& [k, tensors, g, rows] = spec;
-    kind = k, group = g, native_rows = rows;
+    const auto& [k, tensors, g, rows, out, ratio] = spec;
+    kind = k, group = g, native_rows = rows, outliers = out, outlier_ratio = ratio;
     const size_t own = kind == DENSE ? 1 : 2;
-    TORCH_CHECK(kind >= DENSE && kind <= INT8 && (tensors.size() == own ||
+    TORCH_CHECK(kind >= DENSE && kind <= INT4_Q8 && (tensors.size() == own ||
                 tensors.size() == own + 1), "bad linear spec");
     a = tensors[0];
     if (kind != DENSE) b = tensors[1];
@@ -54,9 +58,11 @@ struct Linear {
     const bool ours = x.size(0) <= native_rows;
     torch::Tensor y;
     {
-      RECORD_FUNCTION(kind == INT4 ? "native::int4_mm" : "native::int8_mm",
+      RECORD_FUNCTION(kind == INT8 ? "native::int8_mm" : "native::int4_mm",
                       std::vector<c10::IValue>());
-      if (kind == INT4) {
+      if (kind == INT4_Q8) {
+        y = int4_mm_q8(x, a, b, group, outliers, outlier_ratio);
+      } else if (kind == INT4) {
         y = ours ? int4_mm(x, a, b, group) : at::_weight_int4pack_mm_for_cpu(x, a, group, b);
       } else {
         y = ours ? int8_mm(x, a, b) : at::_weight_int8pack_mm(x, a, b);

@@ -113,11 +113,11 @@ int32_t select_outliers(const float* row, int64_t k, int64_t count, float ratio,
 }
 
 // xq [M, K] = round(x / sa); sa [M, K/G] = max|x| / 127 and xsum [M, K/G] = sa * sum(xq),
-// per group, after each row's outliers (on [M] of them, oi and ov: [M, outliers]) are set
-// to zero. G % 16 == 0, G <= MAX_GROUP, K % 16 == 0.
+// per group, after each row's outliers (on [M] of them; oi, their groups og and ov:
+// [M, outliers]) are set to zero. G % 16 == 0, G <= MAX_GROUP, K % 16 == 0.
 void quantize_rows(const uint16_t* x, int64_t m, int64_t k, int64_t group, int64_t outliers,
-                   float ratio, int8_t* xq, float* sa, float* xsum, int32_t* oi, float* ov,
-                   int32_t* on) {
+                   float ratio, int8_t* xq, float* sa, float* xsum, int32_t* oi, int32_t* og,
+                   float* ov, int32_t* on) {
   const int64_t groups = k / group, vecs = group / 16;
   at::parallel_for(0, m, 16, [&](int64_t lo, int64_t hi) {
     std::vector<float> row(k);
@@ -130,7 +130,10 @@ void quantize_rows(const uint16_t* x, int64_t m, int64_t k, int64_t group, int64
       on[r] = outliers > 0 ? select_outliers(row.data(), k, outliers, ratio, oi + r * outliers,
                                               ov + r * outliers)
                            : 0;
-      for (int64_t j = 0; j < on[r]; ++j) row[oi[r * outliers + j]] = 0.f;
+      for (int64_t j = r * outliers; j < r * outliers + on[r]; ++j) {
+        row[oi[j]] = 0.f;
+        og[j] = static_cast<int32_t>(oi[j] / group);
+      }
       for (int64_t g = 0; g < groups; ++g) {
         const float* v = row.data() + g * group;
         __m512 amax = _mm512_setzero_ps();
@@ -255,24 +258,21 @@ torch::Tensor int4_mm_q8(torch::Tensor x, torch::Tensor packed, torch::Tensor sc
                   scales_zeros.size(0) == groups,
               "bad scales_zeros");
   auto xc = x.contiguous();
-  auto xq = torch::empty({m, k}, torch::kInt8);
-  auto sa = torch::empty({m, groups}, torch::kFloat32);
-  auto xsum = torch::empty({m, groups}, torch::kFloat32);
-  auto oi = torch::zeros({m, outliers}, torch::kInt32);
-  auto ov = torch::empty({m, outliers}, torch::kFloat32);
-  auto on = torch::empty({m}, torch::kInt32);
+  // per-call scratch, kept between calls (fresh pages for each prefill cost more)
+  thread_local std::vector<int8_t> xq;
+  thread_local std::vector<float> sa, xsum, ov;
+  thread_local std::vector<int32_t> oi, og, on;
+  xq.resize(m * k), sa.resize(m * groups), xsum.resize(m * groups);
+  oi.resize(m * outliers), og.resize(m * outliers), ov.resize(m * outliers), on.resize(m);
   quantize_rows(reinterpret_cast<const uint16_t*>(xc.data_ptr()), m, k, group, outliers,
-                static_cast<float>(outlier_ratio), xq.data_ptr<int8_t>(), sa.data_ptr<float>(),
-                xsum.data_ptr<float>(), oi.data_ptr<int32_t>(), ov.data_ptr<float>(),
-                on.data_ptr<int32_t>());
+                static_cast<float>(outlier_ratio), xq.data(), sa.data(), xsum.data(),
+                oi.data(), og.data(), ov.data(), on.data());
   auto y = torch::empty({m, n}, x.options());
   const uint8_t* w = reinterpret_cast<const uint8_t*>(packed.data_ptr());
   const uint16_t* szp = reinterpret_cast<const uint16_t*>(scales_zeros.data_ptr());
   uint16_t* yp = reinterpret_cast<uint16_t*>(y.data_ptr());
-  auto og = oi.div(group, "floor");  // each outlier's group
-  const Rows all{xq.data_ptr<int8_t>(), sa.data_ptr<float>(), xsum.data_ptr<float>(),
-                 oi.data_ptr<int32_t>(), og.data_ptr<int32_t>(), on.data_ptr<int32_t>(),
-                 ov.data_ptr<float>(), k, group, outliers};
+  const Rows all{xq.data(), sa.data(), xsum.data(), oi.data(), og.data(), on.data(),
+                 ov.data(), k, group, outliers};
   const __m512i idx[2] = {quad_index(0), quad_index(1)};
   const int64_t halves = n / 32, chunks = (m + M_CHUNK - 1) / M_CHUNK;
   // tasks: (chunk of rows, half tile); consecutive tasks share the chunk's rows of xq

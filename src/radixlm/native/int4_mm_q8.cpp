@@ -258,7 +258,8 @@ torch::Tensor int4_mm_q8(torch::Tensor x, torch::Tensor packed, torch::Tensor sc
                   scales_zeros.size(0) == groups,
               "bad scales_zeros");
   auto xc = x.contiguous();
-  // per-call scratch, kept between calls (fresh pages for each prefill cost more)
+  // scratch kept between calls: with fresh tensors and an aten division per call, decode
+  // steps on this kernel lost to int4_mm (benchmarks/epyc_zen4.md)
   thread_local std::vector<int8_t> xq;
   thread_local std::vector<float> sa, xsum, ov;
   thread_local std::vector<int32_t> oi, og, on;

@@ -252,18 +252,13 @@ class WeightOnlyLinear(FastModule):
         """Rows of x up to which `direct` calls radixlm's kernel rather than torch's."""
         return 0
 
-    def wide(self, x: torch.Tensor) -> torch.Tensor:
-        """x [M, K] bfloat16 -> [M, N] bfloat16 for M past `direct_rows()`: by default a
-        dense matmul on `dequantize()`."""
-        return F.linear(x, self.dequantize())
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         limit = self.direct_rows()
         plain = x.dim() == 2 and x.dtype == torch.bfloat16 and self.bias is None
         if plain and x.shape[0] <= limit:  # the decode step: nothing to convert
             return self.direct(x)
         x2 = x.reshape(-1, self.in_features).to(torch.bfloat16)
-        y = self.direct(x2) if x2.shape[0] <= limit else self.wide(x2)
+        y = self.direct(x2) if x2.shape[0] <= limit else F.linear(x2, self.dequantize())
         if self.bias is not None:
             y = y + self.bias
         return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
